@@ -1,0 +1,26 @@
+"""Ingesters, one per source layout; each returns a SourceListing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from data_prep.sources.base import SourceError, SourceListing, SourceRecord
+from data_prep.sources.celeba import list_celeba
+from data_prep.sources.demo import list_demo
+from data_prep.sources.folder import list_folder
+from data_prep.sources.rafd import list_rafd
+
+
+def list_source(source: str, root: str | Path | None) -> SourceListing:
+    """List the inputs of `source` ('folder', 'rafd', 'celeba' or 'demo') under `root`."""
+    if source == "demo":
+        return list_demo()
+    if root is None:
+        raise SourceError(f"source '{source}' needs an input folder")
+    listers = {"folder": list_folder, "rafd": list_rafd, "celeba": list_celeba}
+    if source not in listers:
+        raise SourceError(f"unknown source '{source}'; use one of folder, rafd, celeba, demo")
+    return listers[source](root)
+
+
+__all__ = ["SourceError", "SourceListing", "SourceRecord", "list_source"]

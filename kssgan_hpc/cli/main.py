@@ -1,0 +1,27 @@
+"""`kssgan <stage> …`: one console entry point, one subcommand per stage."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kssgan_hpc import __version__
+from kssgan_hpc.cli import inspect, prep
+
+STAGES = {"prep": prep, "inspect": inspect}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="kssgan", description="k-Same-Siamese-GAN face de-identification at HPC scale."
+    )
+    parser.add_argument("--version", action="version", version=f"kssgan-hpc {__version__}")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, module in STAGES.items():
+        module.add_parser(sub)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""FaceShards: a torch Dataset over the shards of one split."""
+
+from __future__ import annotations
+
+import bisect
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from kssgan_hpc.data.shards import ShardError, load_manifest, manifest_path, open_shard, split_shards
+
+LABELS = ("identity", "expression", "pose", "gaze", "attributes")
+
+
+class FaceShards(Dataset):
+    """Aligned faces of one split: `(image uint8 [C, H, W], labels)`.
+
+    Labels are read once at construction (they are small); images are read on demand
+    through one h5py handle per process, opened lazily, so the Dataset pickles into
+    DataLoader workers and every worker reads independently.
+    """
+
+    def __init__(self, manifest: str | Path, split: str) -> None:
+        path = manifest_path(manifest)
+        self.manifest = load_manifest(path)
+        self.split = split
+        shards = split_shards(self.manifest, split)
+        self.paths = [str(path.parent / s["name"]) for s in shards]
+        self.offsets = np.cumsum([0] + [s["images"] for s in shards]).tolist()
+        self.resolution = int(self.manifest["resolution"])
+        self.channels = int(self.manifest["channels"])
+        collected: dict[str, list[np.ndarray]] = {name: [] for name in LABELS}
+        self.raw_chunks: list[bool] = []
+        for shard_path, shard in zip(self.paths, shards):
+            with open_shard(shard_path) as f:
+                images = f["images"]
+                if images.shape[0] != shard["images"]:
+                    raise ShardError(
+                        f"{shard_path}: holds {images.shape[0]} images, manifest says {shard['images']}"
+                    )
+                if images.shape[1:] != (self.resolution, self.resolution, self.channels):
+                    raise ShardError(f"{shard_path}: image shape {images.shape[1:]} differs from the manifest")
+                self.raw_chunks.append(images.compression is None and images.chunks == (1, *images.shape[1:]))
+                for name in LABELS:
+                    collected[name].append(f[name][:])
+        num_attributes = len(self.manifest["vocab"].get("attributes", []))
+        self.labels = {
+            name: np.concatenate(parts) if parts else np.zeros((0, num_attributes) if name == "attributes" else 0)
+            for name, parts in collected.items()
+        }
+        self._files: dict[int, h5py.File] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images in split '{self.split}'")
+        shard = bisect.bisect_right(self.offsets, index) - 1
+        image = self._read_image(shard, index - self.offsets[shard])
+        labels = {name: int(self.labels[name][index]) for name in LABELS if name != "attributes"}
+        labels["attributes"] = torch.from_numpy(self.labels["attributes"][index].astype(np.int64))
+        labels["index"] = index
+        return torch.from_numpy(image).permute(2, 0, 1), labels
+
+    def _read_image(self, shard: int, local: int) -> np.ndarray:
+        images = self._handle(shard)["images"]
+        if self.raw_chunks[shard]:
+            # One image is one uncompressed chunk: read its bytes directly, skipping h5py's selection machinery.
+            _, data = images.id.read_direct_chunk((local, 0, 0, 0))
+            return np.frombuffer(data, np.uint8).reshape(images.shape[1:])
+        return images[local]
+
+    def _handle(self, shard: int) -> h5py.File:
+        if self._pid != os.getpid():  # forked into a worker: never share the parent's handles
+            self._files, self._pid = {}, os.getpid()
+        if shard not in self._files:
+            # No chunk cache: one chunk is one image, read once per epoch.
+            self._files[shard] = h5py.File(self.paths[shard], "r", rdcc_nbytes=0)
+        return self._files[shard]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_files"] = {}
+        return state
+
+    def __del__(self) -> None:
+        for f in getattr(self, "_files", {}).values():
+            try:
+                f.close()
+            except Exception:  # interpreter shutdown: h5py may already be gone
+                pass

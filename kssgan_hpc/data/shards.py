@@ -1,0 +1,237 @@
+"""The shard format, defined once: HDF5 shards of aligned faces plus manifest.json.
+
+A shard `{split}-{index:05d}.h5` holds:
+  images         uint8  [N, H, W, C]  one image per chunk (fast random reads)
+  identity       int32  [N]           dense person id, 0..identities-1 (names stay in sources.jsonl)
+  expression     int16  [N]           index into vocab.expression, -1 unknown
+  pose           int16  [N]           index into vocab.pose, -1 unknown
+  gaze           int16  [N]           index into vocab.gaze, -1 unknown
+  attributes     int8   [N, A]        0/1 per vocab.attributes name, -1 unknown (A may be 0)
+  landmarks      float32[N, 5, 2]     eye L/R, nose, mouth L/R (image left first) in aligned pixels; NaN unknown
+  quad           float32[N, 4, 2]     the crop's corners in source pixels; NaN when not aligned
+  source_sha256  S64    [N]           sha256 of the source file's bytes
+  source_index   int64  [N]           line of sources.jsonl the image came from
+and attributes format_version, resolution, channels, split, index.
+
+manifest.json describes the whole dataset (splits, shards with sha256 and counts, label
+vocabularies, skipped inputs). Source names never enter a shard or the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+MANIFEST_NAME = "manifest.json"
+SOURCES_NAME = "sources.jsonl"
+NUM_LANDMARKS = 5
+
+# Per-image label datasets: name -> (dtype, shape after N, fill value when unknown).
+LABEL_FIELDS: dict[str, tuple[Any, tuple[int, ...], Any]] = {
+    "identity": (np.int32, (), None),
+    "expression": (np.int16, (), -1),
+    "pose": (np.int16, (), -1),
+    "gaze": (np.int16, (), -1),
+    "landmarks": (np.float32, (NUM_LANDMARKS, 2), np.nan),
+    "quad": (np.float32, (4, 2), np.nan),
+    "source_sha256": ("S64", (), b""),
+    "source_index": (np.int64, (), None),
+}
+# Fields that point back to a source image: never part of a de-identified release.
+TRACEABLE_FIELDS = ("landmarks", "quad", "source_sha256", "source_index")
+
+
+class ShardError(RuntimeError):
+    """A shard or manifest is missing, truncated, altered or of another format; names the file."""
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:05d}.h5"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write via a temp file in the same folder, fsync, rename: readers see old or new, never half."""
+    path = Path(path)
+    # Host and pid in the temp name: array tasks on different nodes may write the same file.
+    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
+
+
+def temp_shard_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp")
+
+
+@dataclass
+class ShardInfo:
+    name: str
+    split: str
+    images: int
+    sha256: str
+    bytes: int
+
+
+class ShardWriter:
+    """Writes one shard to a temp file; `close()` makes it final by rename, `abort()` discards it.
+
+    Images stream to disk one chunk each, so memory stays flat at any resolution.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        split: str,
+        index: int,
+        resolution: int,
+        channels: int,
+        num_attributes: int = 0,
+        compression: str = "none",
+        expected: int = 0,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split {split!r} is not one of {SPLITS}")
+        self.path = Path(path)
+        self.split = split
+        self.tmp = temp_shard_path(self.path)
+        self.tmp.unlink(missing_ok=True)
+        self.shape = (resolution, resolution, channels)
+        self.num_attributes = num_attributes
+        self._file = h5py.File(self.tmp, "w")
+        self._file.attrs.update(
+            format_version=FORMAT_VERSION, resolution=resolution, channels=channels,
+            split=split, index=index,
+        )
+        self._images = self._file.create_dataset(
+            "images", shape=(0, *self.shape), maxshape=(None, *self.shape), dtype=np.uint8,
+            chunks=(1, *self.shape), compression=None if compression == "none" else compression,
+            track_times=False,  # byte-identical shards for identical inputs: checksums compare across runs
+        )
+        self._reserve = max(expected, 1)
+        self._images.resize(self._reserve, axis=0)
+        self._labels: dict[str, list] = {name: [] for name in LABEL_FIELDS}
+        self._attributes: list[np.ndarray] = []
+        self.count = 0
+
+    def add(self, image: np.ndarray, *, attributes: np.ndarray | None = None, **labels: Any) -> None:
+        """Append one aligned image [H, W, C] uint8 with its labels (see LABEL_FIELDS)."""
+        if image.shape != self.shape or image.dtype != np.uint8:
+            raise ValueError(f"image {image.shape} {image.dtype} does not match shard {self.shape} uint8")
+        unknown = set(labels) - set(LABEL_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown label fields {sorted(unknown)}; valid: {list(LABEL_FIELDS)}")
+        if self.count == self._reserve:
+            self._reserve *= 2
+            self._images.resize(self._reserve, axis=0)
+        self._images[self.count] = image
+        for name, (_, _, fill) in LABEL_FIELDS.items():
+            value = labels.get(name, fill)
+            if value is None:
+                raise ValueError(f"label {name!r} is required")
+            self._labels[name].append(value)
+        attrs = np.full(self.num_attributes, -1, np.int8) if attributes is None else attributes
+        self._attributes.append(np.asarray(attrs, np.int8).reshape(self.num_attributes))
+        self.count += 1
+
+    def close(self) -> ShardInfo:
+        """Write labels, flush, fsync and rename the temp file to its final name."""
+        self._images.resize(self.count, axis=0)
+        for name, (dtype, shape, _) in LABEL_FIELDS.items():
+            data = np.asarray(self._labels[name], dtype=dtype).reshape(self.count, *shape)
+            self._file.create_dataset(name, data=data, track_times=False)
+        attrs = np.stack(self._attributes) if self._attributes else np.zeros((0, self.num_attributes))
+        attrs = attrs.astype(np.int8).reshape(self.count, self.num_attributes)
+        self._file.create_dataset("attributes", data=attrs, track_times=False)
+        self._file.close()
+        with open(self.tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        digest = sha256_file(self.tmp)
+        size = self.tmp.stat().st_size
+        os.replace(self.tmp, self.path)
+        return ShardInfo(self.path.name, self.split, self.count, digest, size)
+
+    def abort(self) -> None:
+        try:
+            self._file.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def open_shard(path: str | Path) -> h5py.File:
+    """Open a shard read-only, checking that it is one of ours and of this format version."""
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise ShardError(f"{path}: shard is missing") from None
+    except OSError as err:
+        raise ShardError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {err}") from None
+    version = f.attrs.get("format_version")
+    if version != FORMAT_VERSION or "images" not in f:
+        f.close()
+        raise ShardError(f"{path}: shard format_version {version!r}, expected {FORMAT_VERSION}")
+    return f
+
+
+def manifest_path(path: str | Path) -> Path:
+    """The manifest file of a dataset folder (or the file itself)."""
+    path = Path(path)
+    return path / MANIFEST_NAME if path.is_dir() else path
+
+
+def load_manifest(path: str | Path) -> dict[str, Any]:
+    """Read and check manifest.json; accepts the dataset folder or the file itself."""
+    path = manifest_path(path)
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ShardError(f"{path}: no manifest (run `kssgan prep` first, or finish it with --merge)") from None
+    except json.JSONDecodeError as err:
+        raise ShardError(f"{path}: manifest is not valid JSON: {err}") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ShardError(
+            f"{path}: manifest format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}"
+        )
+    for key in ("resolution", "channels", "shards", "splits", "vocab"):
+        if key not in manifest:
+            raise ShardError(f"{path}: manifest lacks '{key}'")
+    return manifest
+
+
+def split_shards(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {SPLITS}")
+    return [s for s in manifest["shards"] if s["split"] == split]
