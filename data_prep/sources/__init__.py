@@ -16,7 +16,7 @@ def list_source(source: str, root: str | Path | None) -> SourceListing:
     if source == "demo":
         return list_demo()
     if root is None:
-        raise SourceError(f"source '{source}' needs an input folder")
+        raise SourceError(f"source '{source}' needs an input folder: --input PATH (or input=PATH)")
     listers = {"folder": list_folder, "rafd": list_rafd, "celeba": list_celeba}
     if source not in listers:
         raise SourceError(f"unknown source '{source}'; use one of folder, rafd, celeba, demo")

@@ -92,5 +92,3 @@ class PrepConfig:
             raise ConfigError(f"workers={self.workers} is invalid; use >= 1")
         if self.min_size < 1:
             raise ConfigError(f"min_size={self.min_size} is invalid; use >= 1")
-        if self.source != "demo" and not self.input:
-            raise ConfigError(f"source={self.source} needs input=<folder> (or --input)")

