@@ -75,8 +75,9 @@ class FaceShards(Dataset):
         images = self._handle(shard)["images"]
         if self.raw_chunks[shard]:
             # One image is one uncompressed chunk: read its bytes directly, skipping h5py's selection machinery.
-            _, data = images.id.read_direct_chunk((local, 0, 0, 0))
-            return np.frombuffer(data, np.uint8).reshape(images.shape[1:])
+            out = np.empty(images.shape[1:], np.uint8)
+            images.id.read_direct_chunk((local, 0, 0, 0), out=out.reshape(-1))
+            return out
         return images[local]
 
     def _handle(self, shard: int) -> h5py.File:

@@ -150,10 +150,13 @@ class ShardWriter:
             self._reserve *= 2
             self._images.resize(self._reserve, axis=0)
         self._images[self.count] = image
-        for name, (_, _, fill) in LABEL_FIELDS.items():
-            value = labels.get(name, fill)
-            if value is None:
+        for name, (dtype, shape, fill) in LABEL_FIELDS.items():
+            if name in labels:
+                value = labels[name]
+            elif fill is None:
                 raise ValueError(f"label {name!r} is required")
+            else:
+                value = np.full(shape, fill, dtype) if shape else fill
             self._labels[name].append(value)
         attrs = np.full(self.num_attributes, -1, np.int8) if attributes is None else attributes
         self._attributes.append(np.asarray(attrs, np.int8).reshape(self.num_attributes))
