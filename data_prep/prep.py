@@ -17,7 +17,7 @@ import json
 import logging
 import multiprocessing
 import os
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,69 +216,119 @@ def load_or_make_plan(cfg: PrepConfig, listing: SourceListing, state: Path, prog
 
 
 # ----------------------------------------------------------------------------- pack
+# Each worker process packs whole shards, so aligned images never cross a process boundary
+# (pickling them through a pipe cost the main process ~2 ms per image); shards are many on any
+# real dataset, and the largest go first to balance the tail.
 
 @dataclass
-class _Task:
-    source: int
-    path: str
-    sha256: str
-    landmarks: list[list[float]] | None
+class _PackContext:
+    cfg: PrepConfig
+    listing: SourceListing
+    plan: PrepPlan
+    out: Path
+    state: Path
+    done: Any  # shared counter of images handled, for the progress bar
+    detector: FaceDetector | None = None
 
 
-_worker: dict[str, Any] = {}
+_context: _PackContext | None = None
 
 
-def _init_worker(cfg: PrepConfig, method: str) -> None:
+def _init_packer(context: _PackContext) -> None:
+    global _context
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _worker["cfg"] = cfg
-    _worker["method"] = method
-    _worker["detector"] = (
-        FaceDetector(cfg.align.detector_score, cfg.align.detector_min_side) if method == "detector" else None
-    )
+    cfg = context.cfg
+    if context.plan.method == "detector":
+        context.detector = FaceDetector(cfg.align.detector_score, cfg.align.detector_min_side)
+    _context = context
 
 
-def _process(task: _Task) -> tuple[int, Any, list[str], str | None]:
-    """Read, verify, decode, align one input: (source, AlignedFace | None, conversions, skip reason)."""
-    cfg: PrepConfig = _worker["cfg"]
+def _align_source(source: int) -> tuple[Any, list[str], str | None]:
+    """Read, verify, decode and align one input: (AlignedFace | None, conversions, skip reason)."""
+    ctx = _context
+    cfg, record = ctx.cfg, ctx.listing.records[source]
     try:
-        with open(task.path, "rb") as fh:
+        with open(ctx.listing.root / record.path, "rb") as fh:
             data = fh.read()
-        if hashlib.sha256(data).hexdigest() != task.sha256:
+        if hashlib.sha256(data).hexdigest() != ctx.plan.sha256[source]:
             raise SkipImage("file changed after planning (checksum differs)")
         rgb, conversions = decode_image(data, min_size=cfg.min_size, max_pixels=cfg.max_pixels)
-        landmarks = None if task.landmarks is None else np.asarray(task.landmarks, np.float64)
+        landmarks = None if record.landmarks is None else np.asarray(record.landmarks, np.float64)
         face = align_face(
-            rgb, size=cfg.resolution, method=_worker["method"], landmarks=landmarks,
-            detector=_worker["detector"], crop_scale=cfg.align.crop_scale,
+            rgb, size=cfg.resolution, method=ctx.plan.method, landmarks=landmarks,
+            detector=ctx.detector, crop_scale=cfg.align.crop_scale,
         )
         if cfg.channels == 1:
             grey = np.asarray(face.image, np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
             face.image = grey.round().clip(0, 255).astype(np.uint8)[:, :, None]
-        return task.source, face, conversions, None
+        return face, conversions, None
     except SkipImage as reason:
-        return task.source, None, [], str(reason)
+        return None, [], str(reason)
     except OSError as err:
-        return task.source, None, [], f"unreadable: {err.strerror or err}"
+        return None, [], f"unreadable: {err.strerror or err}"
 
 
-def _map(fn: Callable, items: list, workers: int, chunksize: int = 1,
-         initializer: Callable | None = None, initargs: tuple = ()) -> Iterator:
-    """Ordered map over a process pool, at most a few tasks per worker in flight (flat memory)."""
+def _pack_shard(shard: ShardPlan) -> dict[str, Any]:
+    """Align every input of one shard and write it (temp file, rename), then its sidecar."""
+    ctx = _context
+    cfg, listing, plan = ctx.cfg, ctx.listing, ctx.plan
+    skipped: list[dict[str, Any]] = []
+    converted: dict[str, list[int]] = {}
+    with ShardWriter(
+        ctx.out / shard.name, split=shard.split, index=shard.index, resolution=cfg.resolution,
+        channels=cfg.channels, num_attributes=len(listing.vocab["attributes"]),
+        compression=cfg.compression, expected=len(shard.sources),
+    ) as writer:
+        for source in shard.sources:
+            face, conversions, reason = _align_source(source)
+            with ctx.done.get_lock():
+                ctx.done.value += 1
+            if reason is not None:
+                skipped.append({"source": source, "reason": reason})
+                continue
+            for what in conversions:
+                converted.setdefault(what, []).append(source)
+            record = listing.records[source]
+            writer.add(
+                face.image,
+                identity=plan.identity_ids[record.identity],
+                expression=listing.label_index("expression", record.expression),
+                pose=listing.label_index("pose", record.pose),
+                gaze=listing.label_index("gaze", record.gaze),
+                attributes=None if record.attributes is None else np.asarray(record.attributes, np.int8),
+                landmarks=face.landmarks,
+                quad=face.quad,
+                source_sha256=plan.sha256[source].encode(),
+                source_index=source,
+            )
+        info = writer.close()
+    sidecar = {**dataclasses.asdict(info), "index": shard.index, "skipped": skipped, "converted": converted}
+    atomic_write_json(ctx.state / f"{shard.name}.json", sidecar)
+    return sidecar
+
+
+def _map(fn: Callable, items: list, workers: int, *, chunksize: int = 1, ordered: bool = True,
+         initializer: Callable | None = None, initargs: tuple = (), poll: float | None = None) -> Iterator:
+    """map() over a forked process pool (in-process for one worker). With `poll` (chunksize 1), yields
+    None every `poll` seconds while waiting, so the caller can refresh its progress bar."""
     if workers <= 1 or len(items) <= 1:
         if initializer:
             initializer(*initargs)
         yield from map(fn, items)
         return
     context = multiprocessing.get_context("fork")
-    with context.Pool(workers, initializer=initializer, initargs=initargs) as pool:
-        window: deque = deque()
-        batches = iter([items[i:i + chunksize] for i in range(0, len(items), chunksize)])
-        for batch in batches:
-            window.append(pool.map_async(fn, batch))
-            if len(window) >= 4 * workers:
-                yield from window.popleft().get()
-        while window:
-            yield from window.popleft().get()
+    with context.Pool(min(workers, len(items)), initializer=initializer, initargs=initargs) as pool:
+        results = (pool.imap if ordered else pool.imap_unordered)(fn, items, chunksize)
+        if poll is None:
+            yield from results
+            return
+        while True:
+            try:
+                yield results.next(timeout=poll)
+            except multiprocessing.TimeoutError:
+                yield None  # lets the caller refresh progress while workers are busy
+            except StopIteration:
+                return
 
 
 def _shard_complete(out: Path, state: Path, shard: ShardPlan) -> bool:
@@ -298,49 +348,15 @@ def _remove_temp_files(out: Path, state: Path, shard: ShardPlan) -> None:
 
 def _pack(cfg: PrepConfig, listing: SourceListing, plan: PrepPlan, shards: list[ShardPlan],
           out: Path, state: Path, progress: bool) -> None:
-    records = listing.records
-    vocab = listing.vocab
-    tasks = [
-        _Task(i, str(listing.root / records[i].path), plan.sha256[i], records[i].landmarks)
-        for shard in shards for i in shard.sources
-    ]
-    results = _map(_process, tasks, cfg.workers, chunksize=2, initializer=_init_worker,
-                   initargs=(cfg, plan.method))
-    bar = tqdm(total=len(tasks), desc="align + pack", unit="img", disable=not progress)
-    for shard in shards:
-        skipped: list[dict[str, Any]] = []
-        converted: dict[str, list[int]] = {}
-        with ShardWriter(
-            out / shard.name, split=shard.split, index=shard.index, resolution=cfg.resolution,
-            channels=cfg.channels, num_attributes=len(vocab["attributes"]),
-            compression=cfg.compression, expected=len(shard.sources),
-        ) as writer:
-            for _ in shard.sources:
-                source, face, conversions, reason = next(results)
-                bar.update(1)
-                if reason is not None:
-                    skipped.append({"source": source, "reason": reason})
-                    continue
-                for what in conversions:
-                    converted.setdefault(what, []).append(source)
-                record = records[source]
-                writer.add(
-                    face.image,
-                    identity=plan.identity_ids[record.identity],
-                    expression=listing.label_index("expression", record.expression),
-                    pose=listing.label_index("pose", record.pose),
-                    gaze=listing.label_index("gaze", record.gaze),
-                    attributes=None if record.attributes is None else np.asarray(record.attributes, np.int8),
-                    landmarks=face.landmarks,
-                    quad=face.quad,
-                    source_sha256=plan.sha256[source].encode(),
-                    source_index=source,
-                )
-            info = writer.close()
-        atomic_write_json(state / f"{shard.name}.json", {
-            **dataclasses.asdict(info), "index": shard.index, "skipped": skipped, "converted": converted,
-        })
-        log.info("wrote %s: %d images, %d skipped", shard.name, info.images, len(skipped))
+    done = multiprocessing.get_context("fork").Value("q", 0)
+    context = _PackContext(cfg=cfg, listing=listing, plan=plan, out=out, state=state, done=done)
+    largest_first = sorted(shards, key=lambda s: -len(s.sources))
+    bar = tqdm(total=sum(len(s.sources) for s in shards), desc="align + pack", unit="img", disable=not progress)
+    for sidecar in _map(_pack_shard, largest_first, cfg.workers, ordered=False, poll=0.5,
+                        initializer=_init_packer, initargs=(context,)):
+        bar.update(done.value - bar.n)
+        if sidecar is not None:
+            log.info("wrote %s: %d images, %d skipped", sidecar["name"], sidecar["images"], len(sidecar["skipped"]))
     bar.close()
 
 
