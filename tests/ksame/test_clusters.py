@@ -1,0 +1,56 @@
+"""k-Same guarantee for arbitrary inputs: every identity in exactly one cluster, every cluster >= k."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from kssgan_hpc.ksame import average_faces, cluster_identities, surrogate_targets
+
+
+@st.composite
+def identity_sets(draw):
+    k = draw(st.integers(1, 8))
+    n = draw(st.integers(k, 60))
+    dim = draw(st.integers(1, 6))
+    values = st.floats(-1e3, 1e3, allow_nan=False, width=32)
+    return k, draw(arrays(np.float32, (n, dim), elements=values))
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=identity_sets(), method=st.sampled_from(["mdav", "kmeans"]), seed=st.integers(0, 3))
+def test_every_identity_once_every_cluster_at_least_k(data, method: str, seed: int) -> None:
+    k, embeddings = data
+    clusters = cluster_identities(embeddings, k, method=method, seed=seed)
+    members = sorted(i for c in clusters for i in c)
+    assert members == list(range(len(embeddings)))
+    assert all(len(c) >= k for c in clusters)
+    assert clusters == cluster_identities(embeddings, k, method=method, seed=seed)  # deterministic
+    if method == "kmeans":
+        sizes = [len(c) for c in clusters]
+        assert max(sizes) - min(sizes) <= 1 and len(clusters) == len(embeddings) // k
+
+
+def test_fewer_identities_than_k_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="k=5 needs at least 5 identities, got 3"):
+        cluster_identities(np.zeros((3, 2)), 5)
+
+
+def test_groups_follow_the_embedding_geometry() -> None:
+    rng = np.random.default_rng(0)
+    centers = np.array([[0, 0], [100, 0], [0, 100]], float)
+    points = np.concatenate([c + rng.normal(0, 1, (4, 2)) for c in centers])
+    for method in ("mdav", "kmeans"):
+        clusters = cluster_identities(points, 4, method=method)
+        assert sorted(sorted({i // 4 for i in c}) for c in clusters) == [[0], [1], [2]], method
+
+
+def test_surrogates_and_average_faces() -> None:
+    emb = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]], float)
+    clusters = [[0, 1], [2, 3]]
+    targets = surrogate_targets(emb, clusters)
+    np.testing.assert_allclose(np.linalg.norm(targets, axis=1), 1, rtol=1e-6)
+    np.testing.assert_allclose(targets[0], [2 ** -0.5, 2 ** -0.5], rtol=1e-6)
+    faces = average_faces(np.arange(4, dtype=float)[:, None, None] * np.ones((4, 2, 2)), clusters)
+    assert faces[:, 0, 0].tolist() == [0.5, 2.5]
