@@ -1,0 +1,182 @@
+"""Configuration of the training stages: Siamese, k-Same clustering, GAN, and the engine under them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from kssgan_hpc.config.core import ConfigError
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    resolution: int = 64
+    """Image side in pixels; must equal the dataset's (power of two, 32..1024)."""
+    channels: int = 3
+    """Image channels; must equal the dataset's."""
+    embed_dim: int = 128
+    """Siamese identity embedding size (also the generator's target code input)."""
+    code_dim: int = 128
+    """Width of the generator's code MLP that feeds every AdaIN layer."""
+    siamese_width: int = 32
+    """Channels of the Siamese encoder's first level; doubles per level up to max_width."""
+    generator_width: int = 32
+    """Channels of the generator's first level."""
+    discriminator_width: int = 32
+    """Channels of the discriminator's first level."""
+    max_width: int = 256
+    """Cap on the channels of any level."""
+
+    def __post_init__(self) -> None:
+        r = self.resolution
+        if r < 32 or r > 1024 or r & (r - 1):
+            raise ConfigError(f"model.resolution={r} is invalid; use a power of two from 32 to 1024")
+        for name in ("embed_dim", "code_dim", "siamese_width", "generator_width", "discriminator_width", "max_width"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name}={getattr(self, name)} is invalid; use >= 1")
+
+
+@dataclass(kw_only=True)
+class EngineConfig:
+    backend: Literal["accelerate", "deepspeed"] = "accelerate"
+    """Distributed engine; the training loops are the same for both."""
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    """fp16 needs a GPU (DeepSpeed and Accelerate only run it on CUDA); bf16 runs on CPU and GPU."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage 0..2 (the GAN keeps a full EMA copy of G, so not 3)."""
+    initial_loss_scale: float = 65536.0
+    """fp16 starting loss scale."""
+    min_loss_scale: float = 1.0
+    """fp16: a loss scale below this stops the run (with a checkpoint): training has diverged."""
+    grad_clip: float = 0.0
+    """Clip gradient norm to this value; 0 disables."""
+    seed: int = 0
+    """Seed of model init, sampling and every rank's RNG (rank r uses seed + r for its own draws)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.zero_stage <= 2:
+            raise ConfigError(f"engine.zero_stage={self.zero_stage} is invalid; use 0..2")
+        if self.min_loss_scale <= 0 or self.initial_loss_scale < self.min_loss_scale:
+            raise ConfigError("engine.min_loss_scale must be > 0 and <= engine.initial_loss_scale")
+
+
+@dataclass(kw_only=True)
+class LoopConfig:
+    """What every training stage shares: where, how long, how often to checkpoint and log."""
+
+    data: str = "runs/demo/data"
+    """Prepped dataset folder (holds manifest.json)."""
+    out: str = "runs/demo/run"
+    """Run folder: checkpoints/, tensorboard/, metrics.jsonl, resolved_config.yaml."""
+    steps: int = 200
+    """Optimizer steps to train."""
+    batch_size: int = 16
+    """Images per rank per step."""
+    workers: int = 2
+    """DataLoader worker processes per rank."""
+    checkpoint_every: int = 100
+    """Steps between checkpoints (one is always written at the end)."""
+    keep_checkpoints: int = 2
+    """Older checkpoints beyond this many are deleted."""
+    log_every: int = 10
+    """Steps between scalar logs."""
+    image_every: int = 100
+    """Steps between image grids in TensorBoard."""
+    resume: Literal["auto", "never"] = "auto"
+    """auto: continue from the newest complete checkpoint in out/checkpoints."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "image_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} is invalid; use >= 1")
+        if self.workers < 0:
+            raise ConfigError(f"workers={self.workers} is invalid; use >= 0")
+
+
+@dataclass(kw_only=True)
+class SiameseConfig(LoopConfig):
+    out: str = "runs/demo/siamese"
+    p: int = 8
+    """Identities per batch (P of the P x K sampler); batch_size is P*K and is derived."""
+    k: int = 4
+    """Images per identity per batch."""
+    lr: float = 3e-4
+    """Adam learning rate."""
+    margin: float = 0.5
+    """Contrastive margin on the cosine distance of different-identity pairs."""
+    eval_every: int = 100
+    """Steps between validation (verification accuracy and EER on held-out identities)."""
+
+    def __post_init__(self) -> None:
+        if self.p < 2 or self.k < 2:
+            raise ConfigError(f"p={self.p}, k={self.k}: contrastive pairs need p >= 2 and k >= 2")
+        self.batch_size = self.p * self.k
+        super().__post_init__()
+
+
+@dataclass(kw_only=True)
+class ClusterConfig:
+    data: str = "runs/demo/data"
+    """Prepped dataset folder."""
+    siamese: str = "runs/demo/siamese"
+    """Siamese run folder (its newest checkpoint is used)."""
+    out: str = "runs/demo/clusters.json"
+    """Where clusters.json is written (k-Same-Pixel faces go beside it)."""
+    split: Literal["train", "val", "test"] = "train"
+    """Whose identities are clustered."""
+    k: int = 4
+    """Anonymity: every cluster holds at least k identities. A privacy setting, never tuned."""
+    method: Literal["mdav", "kmeans"] = "mdav"
+    """mdav: greedy nearest groups (k-Same-Select style); kmeans: equal-size k-means."""
+    seed: int = 0
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.k < 2:
+            raise ConfigError(f"k={self.k} is invalid; k-anonymity needs k >= 2")
+
+
+@dataclass(kw_only=True)
+class GanConfig(LoopConfig):
+    out: str = "runs/demo/gan"
+    siamese: str = "runs/demo/siamese"
+    """Siamese run folder: its newest checkpoint is the frozen identity network."""
+    clusters: str = "runs/demo/clusters.json"
+    """k-Same clusters (kssgan cluster) of the training identities."""
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.0
+    beta2: float = 0.99
+    adversarial: Literal["nonsat", "hinge"] = "nonsat"
+    """Adversarial loss: non-saturating logistic or hinge."""
+    w_adv: float = 1.0
+    """Weight of G's adversarial loss."""
+    w_id_pull: float = 5.0
+    """Weight of the pull of G's output embedding towards its cluster's surrogate (1 - cosine)."""
+    w_id_push: float = 2.0
+    """Weight of the push away from the source identity, beyond id_margin."""
+    id_margin: float = 0.3
+    """Cosine similarity to the source identity above which the push acts."""
+    w_expression: float = 1.0
+    """Weight of expression preservation through D's expression head (where labels exist)."""
+    w_lowfreq: float = 10.0
+    """Weight of the L1 between low-pass versions of output and source (pose, lighting)."""
+    lowfreq_size: int = 8
+    """Side of the low-pass (area-downsampled) images the L1 compares."""
+    r1_gamma: float = 1.0
+    """R1 penalty weight on D's real-image gradients; 0 disables."""
+    r1_every: int = 4
+    """Lazy R1: every N-th D step, weighted by N."""
+    ema_decay: float = 0.999
+    """EMA of G's weights, used for sampling and evaluation."""
+    log_originals: bool = False
+    """Show source faces in TensorBoard. Off by default: logs are for de-identified faces."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay={self.ema_decay} is invalid; use 0 <= decay < 1")
+        if self.r1_every < 1 or self.lowfreq_size < 1:
+            raise ConfigError("r1_every and lowfreq_size must be >= 1")

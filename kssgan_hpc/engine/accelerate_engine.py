@@ -1,0 +1,99 @@
+"""Engine over Hugging Face Accelerate: DDP, autocast mixed precision, one GradScaler for fp16."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from kssgan_hpc.config.train import EngineConfig
+from kssgan_hpc.engine.base import barrier, grad_norm
+
+MIXED = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}
+
+
+class AccelerateEngine:
+    def __init__(self, cfg: EngineConfig) -> None:
+        # cpu=True is what makes 2 torchrun processes one gloo group on CPU (else each trains alone).
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=MIXED[cfg.precision])
+        self.cfg = cfg
+        self.precision = cfg.precision
+        self.rank = self.accelerator.process_index
+        self.local_rank = self.accelerator.local_process_index
+        self.world_size = self.accelerator.num_processes
+        self.device = self.accelerator.device
+        self._models: dict[str, nn.Module] = {}
+        self._optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._norms: dict[str, float] = {}
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def prepare(self, name: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> nn.Module:
+        model, optimizer = self.accelerator.prepare(model, optimizer)
+        self._models[name], self._optimizers[name] = model, optimizer
+        return model
+
+    def model(self, name: str) -> nn.Module:
+        return self._models[name]
+
+    def unwrap(self, name: str) -> nn.Module:
+        return self.accelerator.unwrap_model(self._models[name])
+
+    def cast(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor  # autocast chooses per op
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return self.accelerator.autocast()
+
+    def backward(self, name: str, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    def step(self, name: str) -> bool:
+        model, optimizer = self._models[name], self._optimizers[name]
+        if self.accelerator.scaler is not None:
+            self.accelerator.unscale_gradients(optimizer)
+        self._norms[name] = grad_norm(model)
+        if self.cfg.grad_clip > 0:  # gradients are unscaled above; DDP has already averaged them
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+        optimizer.step()
+        applied = not self.accelerator.optimizer_step_was_skipped
+        optimizer.zero_grad(set_to_none=True)
+        return applied
+
+    def zero_grad(self, name: str) -> None:
+        self._optimizers[name].zero_grad(set_to_none=True)
+
+    def loss_scale(self, name: str) -> float | None:
+        scaler = self.accelerator.scaler
+        return float(scaler.get_scale()) if scaler is not None else None
+
+    def grad_norm(self, name: str) -> float:
+        return self._norms.get(name, 0.0)
+
+    def save(self, directory: Path) -> None:
+        # DDP keeps every rank's weights and optimizer state identical: rank 0 writes them.
+        if self.is_main:
+            for name in self._models:
+                state = {k: v.detach().contiguous() for k, v in self.unwrap(name).state_dict().items()}
+                save_file(state, directory / f"{name}.safetensors")
+                torch.save(self._optimizers[name].state_dict(), directory / f"{name}-optimizer.pt")
+            if self.accelerator.scaler is not None:
+                torch.save(self.accelerator.scaler.state_dict(), directory / "grad-scaler.pt")
+        barrier()
+
+    def load(self, directory: Path) -> None:
+        for name in self._models:
+            self.unwrap(name).load_state_dict(load_file(directory / f"{name}.safetensors"))
+            state = torch.load(directory / f"{name}-optimizer.pt", map_location="cpu", weights_only=True)
+            self._optimizers[name].load_state_dict(state)
+        if self.accelerator.scaler is not None and (directory / "grad-scaler.pt").is_file():
+            self.accelerator.scaler.load_state_dict(torch.load(directory / "grad-scaler.pt", weights_only=True))
+
+    def close(self) -> None:
+        self.accelerator.end_training()

@@ -1,0 +1,116 @@
+"""The engine interface the training loops are written against; one implementation per backend.
+
+A loop prepares each (model, optimizer) pair under a name ("g", "d", "siamese"), then per step:
+    with engine.autocast(): loss = ...(engine.model("g")(engine.cast(x)))
+    engine.backward("g", loss); applied = engine.step("g")
+Only engine/accelerate_engine.py and engine/deepspeed_engine.py import their backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from kssgan_hpc.config.train import EngineConfig
+
+
+class EngineError(RuntimeError):
+    """The engine cannot run as configured (e.g. fp16 without a GPU); says what to change."""
+
+
+class Engine(Protocol):
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    precision: str
+
+    @property
+    def is_main(self) -> bool: ...
+
+    def prepare(self, name: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> nn.Module:
+        """Wrap a model and its optimizer for distributed, mixed-precision training; returns the model to call."""
+
+    def model(self, name: str) -> nn.Module:
+        """The wrapped model (its forward synchronises gradients across ranks)."""
+
+    def unwrap(self, name: str) -> nn.Module:
+        """The plain module: for frozen use (D in G's step), EMA copies and state dicts."""
+
+    def cast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Inputs in the dtype the prepared models expect."""
+
+    def autocast(self) -> contextlib.AbstractContextManager: ...
+
+    def backward(self, name: str, loss: torch.Tensor) -> None: ...
+
+    def step(self, name: str) -> bool:
+        """Clip, step and zero the gradients; False when the step was skipped (fp16 overflow)."""
+
+    def zero_grad(self, name: str) -> None: ...
+
+    def loss_scale(self, name: str) -> float | None:
+        """Current fp16 loss scale, None without one."""
+
+    def grad_norm(self, name: str) -> float:
+        """Norm of the last step's gradients (before clipping)."""
+
+    def save(self, directory: Path) -> None:
+        """Collective: write every prepared model, optimizer and scaler state into `directory`."""
+
+    def load(self, directory: Path) -> None:
+        """Collective: restore what `save` wrote."""
+
+    def close(self) -> None: ...
+
+
+def all_reduce(values: dict[str, float], op: str = "mean", device: torch.device | None = None) -> dict[str, float]:
+    """Mean (or max/min/sum) of scalar metrics over all ranks; identity without a process group."""
+    if not values or not (dist.is_available() and dist.is_initialized()):
+        return dict(values)
+    keys = sorted(values)
+    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    reduce_op = {"mean": dist.ReduceOp.SUM, "sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
+                 "min": dist.ReduceOp.MIN}[op]
+    dist.all_reduce(tensor, op=reduce_op)
+    if op == "mean":
+        tensor /= dist.get_world_size()
+    return dict(zip(keys, tensor.tolist()))
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def grad_norm(module: nn.Module) -> float:
+    norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from torchrun's variables; (0, 0, 1) for a plain process."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+            int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def build_engine(cfg: EngineConfig) -> Engine:
+    """The configured backend; fails early, with the fix, where a precision can't run here."""
+    if cfg.precision == "fp16" and not torch.cuda.is_available():
+        raise EngineError(
+            "engine.precision=fp16 needs a CUDA GPU: DeepSpeed refuses fp16 on CPU and Accelerate "
+            "silently trains fp32 there; use engine.precision=bf16 or fp32 on CPU"
+        )
+    if cfg.backend == "deepspeed":
+        from kssgan_hpc.engine.deepspeed_engine import DeepSpeedEngine
+
+        return DeepSpeedEngine(cfg)
+    from kssgan_hpc.engine.accelerate_engine import AccelerateEngine
+
+    return AccelerateEngine(cfg)

@@ -1,0 +1,149 @@
+"""Engine over DeepSpeed: one DeepSpeed engine per network (G and D each own an optimizer), ZeRO 0..2.
+
+Checkpoints are our own files, not DeepSpeed's checkpoint engine (which loads with
+weights_only=False): module weights as safetensors, each rank's optimizer partition as a
+tensor file loaded with weights_only=True and DeepSpeed's loss-scaler classes allow-listed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+from pathlib import Path
+
+import deepspeed
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from kssgan_hpc.config.train import EngineConfig
+from kssgan_hpc.engine.base import barrier, grad_norm
+
+
+def _safe_globals() -> list:
+    """The few DeepSpeed classes inside its optimizer state dicts (ZeRO stage enum, loss scalers)."""
+    from deepspeed.runtime.fp16 import loss_scaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    names = ("LossScaler", "DynamicLossScaler", "LossScaleConfig", "LossScaleProfile")
+    return [ZeroStageEnum, fragment_address, *(getattr(loss_scaler, n) for n in names if hasattr(loss_scaler, n))]
+
+
+class DeepSpeedEngine:
+    def __init__(self, cfg: EngineConfig) -> None:
+        cpu = not torch.cuda.is_available()
+        if cpu:
+            # The shared-memory comm op compiles C++ for minutes on first use; gloo is enough on CPU.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
+        import torch.distributed as dist
+
+        self.cfg = cfg
+        self.precision = cfg.precision
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.local_rank = int(__import__("os").environ.get("LOCAL_RANK", 0))
+        self.device = torch.device("cpu") if cpu else torch.device("cuda", self.local_rank)
+        if not cpu:
+            torch.cuda.set_device(self.device)
+        self._engines: dict[str, deepspeed.DeepSpeedEngine] = {}
+        self._norms: dict[str, float] = {}
+        self._dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.precision]
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def _ds_config(self) -> dict:
+        return {
+            "train_micro_batch_size_per_gpu": 1,  # the loops feed batches themselves; DeepSpeed only checks this
+            "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": self.cfg.zero_stage},
+            "bf16": {"enabled": self.precision == "bf16"},
+            "fp16": {
+                "enabled": self.precision == "fp16",
+                "loss_scale": 0,
+                "initial_scale_power": int(math.log2(self.cfg.initial_loss_scale)),
+                "min_loss_scale": 1,  # the loops stop at engine.min_loss_scale, with a checkpoint
+            },
+            "gradient_clipping": self.cfg.grad_clip,
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+
+    def prepare(self, name: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> nn.Module:
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self._ds_config())
+        self._engines[name] = engine
+        return engine
+
+    def model(self, name: str) -> nn.Module:
+        return self._engines[name]
+
+    def unwrap(self, name: str) -> nn.Module:
+        return self._engines[name].module
+
+    def cast(self, tensor: torch.Tensor) -> torch.Tensor:
+        # DeepSpeed casts the module itself to bf16/fp16 (no autocast), so inputs must match.
+        return tensor.to(self._dtype) if tensor.is_floating_point() else tensor
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def backward(self, name: str, loss: torch.Tensor) -> None:
+        self._engines[name].backward(loss)
+
+    def step(self, name: str) -> bool:
+        engine = self._engines[name]
+        if not self.cfg.zero_stage:
+            self._norms[name] = grad_norm(engine.module)
+        engine.step()
+        if self.cfg.zero_stage:  # ZeRO keeps reduced gradients in its partitions and computes the norm in step()
+            self._norms[name] = float(engine.get_global_grad_norm() or 0.0)
+        applied = engine.was_step_applied()
+        engine.zero_grad()
+        return applied
+
+    def zero_grad(self, name: str) -> None:
+        self._engines[name].zero_grad()
+
+    def loss_scale(self, name: str) -> float | None:
+        if self.precision != "fp16":
+            return None
+        return float(self._engines[name].optimizer.cur_scale)
+
+    def grad_norm(self, name: str) -> float:
+        return self._norms.get(name, 0.0)
+
+    def save(self, directory: Path) -> None:
+        for name, engine in self._engines.items():
+            if self.is_main:  # ZeRO 0..2 keep the full module on every rank
+                state = {k: v.detach().contiguous() for k, v in engine.module.state_dict().items()}
+                save_file(state, directory / f"{name}.safetensors")
+            # Optimizer state (fp32 master weights under bf16/fp16) is partitioned under ZeRO: one file per rank.
+            torch.save(engine.optimizer.state_dict(), directory / f"{name}-optimizer-rank{self.rank:05d}.pt")
+        barrier()
+
+    def load(self, directory: Path) -> None:
+        for name, engine in self._engines.items():
+            weights = load_file(directory / f"{name}.safetensors")
+            engine.module.load_state_dict(weights)
+            paths = sorted(directory.glob(f"{name}-optimizer-rank*.pt"))
+            if len(paths) != self.world_size:
+                raise FileNotFoundError(
+                    f"{directory}: optimizer state of {len(paths)} ranks for '{name}', this run has "
+                    f"{self.world_size}; resume with the same number of ranks"
+                )
+            with torch.serialization.safe_globals(_safe_globals()):
+                states = [torch.load(p, map_location="cpu", weights_only=True) for p in paths]
+            optimizer = engine.optimizer
+            if "load_from_fp32_weights" in inspect.signature(optimizer.load_state_dict).parameters:
+                # ZeRO 1/2 optimizers take every rank's partition and rebuild fp32 master weights from them.
+                optimizer.load_state_dict(states, load_from_fp32_weights=True)
+            else:  # ZeRO 0: a torch optimizer, or DeepSpeed's unfused bf16/fp16 wrapper of one
+                optimizer.load_state_dict(states[self.rank])
+
+    def close(self) -> None:
+        barrier()
