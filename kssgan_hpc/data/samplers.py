@@ -22,8 +22,9 @@ class _ResumableSampler(Sampler):
     """Epoch + position bookkeeping shared by both samplers.
 
     The training loop knows how many items it consumed (the DataLoader prefetches), so it
-    passes that count to `state_dict(consumed)`; `load_state_dict` makes the next `__iter__`
-    skip them, and later epochs start from the beginning again.
+    passes that count to `state_dict(consumed)`; after `load_state_dict` every iteration of
+    that epoch skips them (a DataLoader may call `iter()` on its sampler more than once), and
+    `set_epoch` to another epoch starts from the beginning again.
     """
 
     def __init__(self, num_replicas: int | None, rank: int | None, seed: int) -> None:
@@ -33,6 +34,8 @@ class _ResumableSampler(Sampler):
         self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self._skip = 0
         self.epoch = epoch
 
     def state_dict(self, consumed: int) -> dict[str, int]:
@@ -48,10 +51,6 @@ class _ResumableSampler(Sampler):
         self.seed = state["seed"]
         self.epoch = state["epoch"]
         self._skip = state["consumed"]
-
-    def _take_skip(self) -> int:
-        skip, self._skip = self._skip, 0
-        return skip
 
 
 class DistributedShardSampler(_ResumableSampler):
@@ -103,7 +102,7 @@ class DistributedShardSampler(_ResumableSampler):
         return order[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.indices(self.epoch)[self._take_skip():].tolist())
+        return iter(self.indices(self.epoch)[self._skip:].tolist())
 
     def __len__(self) -> int:
         return self.per_rank
@@ -160,7 +159,7 @@ class IdentityBalancedBatchSampler(_ResumableSampler):
         return out[self.rank::self.num_replicas]
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches(self.epoch)[self._take_skip():])
+        return iter(self.batches(self.epoch)[self._skip:])
 
     def __len__(self) -> int:
         return self.per_rank

@@ -1,0 +1,5 @@
+"""Siamese encoder, generator and discriminator; every size from ModelConfig."""
+
+from kssgan_hpc.models.networks import Discriminator, Generator, SiameseEncoder
+
+__all__ = ["Discriminator", "Generator", "SiameseEncoder"]

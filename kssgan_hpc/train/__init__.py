@@ -1,0 +1,1 @@
+"""The training loops (Siamese, GAN), written once against kssgan_hpc.engine."""

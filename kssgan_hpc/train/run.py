@@ -1,0 +1,222 @@
+"""What every training loop shares: the run folder, engine, metrics, TensorBoard, checkpoints, signals.
+
+Checkpoint layout (`out/checkpoints/step-XXXXXXXX/`, written as `.step-XXXXXXXX.tmp` and renamed
+when every rank is done; `out/checkpoints/latest` is written last):
+  <model>.safetensors, <model>-optimizer*.pt   the engine's state (engine.save)
+  extra-<name>.safetensors                     loop weights such as the EMA generator
+  trainer-rank00000.pt, …                      step, RNG states and sampler position of each rank
+  complete                                     marker: the directory is whole
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.tensorboard import SummaryWriter
+
+from kssgan_hpc.config import dump_yaml
+from kssgan_hpc.config.train import LoopConfig
+from kssgan_hpc.data.shards import atomic_write_text
+from kssgan_hpc.engine.base import Engine, all_reduce, barrier, build_engine
+from kssgan_hpc.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+EXIT_PREEMPTED = 75
+"""Exit code after a SIGUSR1/SIGTERM: the checkpoint is written, requeue and rerun with resume=auto."""
+EXIT_DIVERGED = 65
+"""Exit code when the fp16 loss scale collapsed: a checkpoint is written, the run needs attention."""
+
+
+class TrainingStopped(Exception):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class Resumed:
+    step: int
+    sampler: dict[str, int]
+    loop: dict[str, Any]
+    extra: dict[str, dict[str, torch.Tensor]]
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    return images.detach().float().add(1.0).mul(127.5).clamp(0, 255).round().to(torch.uint8)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Run:
+    """The run folder and services of one training stage, on every rank."""
+
+    def __init__(self, cfg: LoopConfig, stage: str) -> None:
+        self.cfg = cfg
+        self.stage = stage
+        self.engine: Engine = build_engine(cfg.engine)
+        self.out = Path(cfg.out)
+        self.checkpoints = self.out / "checkpoints"
+        if self.engine.is_main:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+        barrier()
+        setup_logging(self.out / f"{stage}.log" if self.engine.is_main else None, rank=self.engine.rank)
+        self.tb: SummaryWriter | None = None
+        if self.engine.is_main:
+            self._write_run_record()
+            self.tb = SummaryWriter(str(self.out / "tensorboard"))
+        self._stop_signal: str | None = None
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    # ------------------------------------------------------------------ records
+    def _write_run_record(self) -> None:
+        """Before any training: the resolved config, git commit and package versions."""
+        atomic_write_text(self.out / "resolved_config.yaml", dump_yaml(self.cfg))
+        try:
+            sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                 cwd=Path(__file__).parent).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            sha = ""
+        versions = {}
+        for package in ("torch", "deepspeed", "accelerate", "h5py", "numpy", "kssgan-hpc"):
+            try:
+                versions[package] = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                versions[package] = None
+        record = {"stage": self.stage, "git_sha": sha or None, "python": sys.version.split()[0],
+                  "packages": versions, "world_size": self.engine.world_size, "argv": sys.argv,
+                  "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        atomic_write_text(self.out / "run.json", json.dumps(record, indent=1) + "\n")
+
+    def log_scalars(self, step: int, values: dict[str, float]) -> None:
+        """Rank 0: TensorBoard scalars and one metrics.jsonl line (values already reduced over ranks)."""
+        if not self.engine.is_main:
+            return
+        for key, value in values.items():
+            self.tb.add_scalar(key, value, step)
+        with open(self.out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps({"step": step, **{k: round(float(v), 6) for k, v in values.items()}}) + "\n")
+
+    # ------------------------------------------------------------------ signals
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._stop_signal = signal.Signals(signum).name
+
+    def stop_requested(self) -> bool:
+        """True on every rank when any rank got SIGUSR1/SIGTERM (checked at step boundaries)."""
+        flag = all_reduce({"stop": 1.0 if self._stop_signal else 0.0}, op="max")["stop"]
+        return flag > 0
+
+    def all_finite(self, loss: torch.Tensor) -> bool:
+        """True on every rank only if the loss is finite on every rank: a NaN anywhere skips the step everywhere."""
+        finite = 1.0 if bool(torch.isfinite(loss.detach()).all()) else 0.0
+        return all_reduce({"finite": finite}, op="min", device=None)["finite"] > 0
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, step: int, *, sampler: dict[str, int], loop: dict[str, Any] | None = None,
+                        extra: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+        """Collective. Atomic: a directory is renamed into place only when every rank has written its part."""
+        rank = self.engine.rank
+        final = self.checkpoints / f"step-{step:08d}"
+        tmp = self.checkpoints / f".step-{step:08d}.tmp"
+        if self.engine.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier()
+        self.engine.save(tmp)
+        if self.engine.is_main:
+            for name, state in (extra or {}).items():
+                save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
+                          tmp / f"extra-{name}.safetensors")
+            atomic_write_text(tmp / "config.yaml", dump_yaml(self.cfg))
+        trainer = {"step": step, "sampler": sampler, "loop": loop or {},
+                   "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
+        if torch.cuda.is_available():
+            trainer["cuda_rng"] = torch.cuda.get_rng_state()
+        torch.save(trainer, tmp / f"trainer-rank{rank:05d}.pt")
+        barrier()
+        if self.engine.is_main:
+            (tmp / "complete").write_text(f"{step}\n")
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            atomic_write_text(self.checkpoints / "latest", final.name + "\n")
+            self._prune(keep=self.cfg.keep_checkpoints)
+            log.info("checkpoint %s", final)
+        barrier()
+        return final
+
+    def _prune(self, keep: int) -> None:
+        complete = sorted(p for p in self.checkpoints.glob("step-*") if (p / "complete").is_file())
+        for old in complete[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def latest_checkpoint(self) -> Path | None:
+        return latest_checkpoint(self.checkpoints)
+
+    def resume(self) -> Resumed | None:
+        """Collective. With resume=auto, restore the newest complete checkpoint (engine state, RNG, sampler)."""
+        if self.cfg.resume != "auto":
+            return None
+        path = self.latest_checkpoint()
+        if path is None:
+            return None
+        self.engine.load(path)
+        trainer_path = path / f"trainer-rank{self.engine.rank:05d}.pt"
+        if not trainer_path.is_file():
+            raise FileNotFoundError(f"{trainer_path}: missing; resume with the rank count the checkpoint was made with")
+        trainer = torch.load(trainer_path, map_location="cpu", weights_only=True)
+        torch.set_rng_state(trainer["torch_rng"])
+        random.setstate(_as_tuple(trainer["python_rng"]))
+        if "cuda_rng" in trainer and torch.cuda.is_available():
+            torch.cuda.set_rng_state(trainer["cuda_rng"])
+        extra = {p.stem.removeprefix("extra-"): load_file(p) for p in path.glob("extra-*.safetensors")}
+        log.info("resumed from %s (step %d)", path, trainer["step"])
+        return Resumed(step=trainer["step"], sampler=trainer["sampler"], loop=trainer["loop"], extra=extra)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        self.engine.close()
+
+
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint: the `latest` pointer, else the newest directory with its marker."""
+    pointer = checkpoints / "latest"
+    if pointer.is_file():
+        candidate = checkpoints / pointer.read_text().strip()
+        if (candidate / "complete").is_file():
+            return candidate
+    complete = sorted(p for p in checkpoints.glob("step-*") if (p / "complete").is_file())
+    return complete[-1] if complete else None
+
+
+def _as_tuple(value: Any) -> Any:
+    """random.getstate() round-trips through torch.save as lists in places; setstate needs tuples."""
+    if isinstance(value, list):
+        return tuple(_as_tuple(v) for v in value)
+    if isinstance(value, tuple):
+        return tuple(_as_tuple(v) for v in value)
+    return value

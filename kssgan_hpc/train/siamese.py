@@ -1,0 +1,151 @@
+"""Siamese identity network: contrastive training on P x K identity batches, verification on held-out people."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from kssgan_hpc.config.core import ConfigError
+from kssgan_hpc.config.train import ModelConfig, SiameseConfig
+from kssgan_hpc.data.dataset import FaceShards, collate_faces
+from kssgan_hpc.data.samplers import IdentityBalancedBatchSampler
+from kssgan_hpc.engine.base import all_reduce, barrier
+from kssgan_hpc.models import SiameseEncoder
+from kssgan_hpc.train.run import EXIT_PREEMPTED, Run, TrainingStopped, seed_everything, to_unit
+
+log = logging.getLogger(__name__)
+
+
+def contrastive_loss(embeddings: torch.Tensor, identities: torch.Tensor, margin: float) -> tuple[torch.Tensor, dict]:
+    """Over every pair in the batch: same identity -> cosine distance^2; different -> relu(margin - distance)^2."""
+    distance = 1.0 - embeddings @ embeddings.T
+    same = identities[:, None] == identities[None, :]
+    off_diagonal = ~torch.eye(len(identities), dtype=torch.bool, device=embeddings.device)
+    positive = same & off_diagonal
+    negative = ~same
+    loss = (distance[positive].pow(2).mean() + torch.relu(margin - distance[negative]).pow(2).mean())
+    stats = {"distance/positive": distance[positive].mean().item(), "distance/negative": distance[negative].mean().item()}
+    return loss, stats
+
+
+@torch.no_grad()
+def verification(model: torch.nn.Module, data: FaceShards, device: torch.device, limit: int = 2000) -> dict[str, float]:
+    """All pairs among up to `limit` held-out images: accuracy at the best threshold and the equal error rate."""
+    model.eval()
+    count = min(len(data), limit)
+    embeddings, identities = [], []
+    for start in range(0, count, 64):
+        images, labels = collate_faces(data.__getitems__(list(range(start, min(start + 64, count)))))
+        embeddings.append(model(to_unit(images).to(device)).float().cpu())
+        identities.append(labels["identity"])
+    model.train()
+    emb, ids = torch.cat(embeddings), torch.cat(identities)
+    upper = torch.triu_indices(len(ids), len(ids), offset=1)
+    similarity = (emb @ emb.T)[upper[0], upper[1]].numpy()
+    same = (ids[upper[0]] == ids[upper[1]]).numpy()
+    return verification_metrics(similarity, same)
+
+
+def verification_metrics(similarity: np.ndarray, same: np.ndarray) -> dict[str, float]:
+    order = np.argsort(-similarity, kind="stable")
+    same = same[order].astype(np.float64)
+    positives, negatives = same.sum(), (1 - same).sum()
+    if positives == 0 or negatives == 0:
+        return {"val/accuracy": float("nan"), "val/eer": float("nan")}
+    true_accept = np.cumsum(same) / positives  # threshold just below each score
+    false_accept = np.cumsum(1 - same) / negatives
+    false_reject = 1 - true_accept
+    eer_index = int(np.argmin(np.abs(false_accept - false_reject)))
+    accuracy = (true_accept * positives + (1 - false_accept) * negatives) / (positives + negatives)
+    return {"val/accuracy": float(accuracy.max()),
+            "val/eer": float((false_accept[eer_index] + false_reject[eer_index]) / 2)}
+
+
+def check_data_matches(data: FaceShards, model: ModelConfig, source: str) -> None:
+    if data.resolution != model.resolution or data.channels != model.channels:
+        raise ConfigError(
+            f"{source}: data is {data.resolution}px x{data.channels}, model.resolution={model.resolution} "
+            f"model.channels={model.channels}; set model.resolution={data.resolution} model.channels={data.channels}"
+        )
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def train_siamese(cfg: SiameseConfig) -> Path:
+    """Train (or resume) the Siamese encoder; returns the run folder."""
+    run = Run(cfg, "siamese")
+    engine = run.engine
+    try:
+        train = FaceShards(Path(cfg.data), "train")
+        val = FaceShards(Path(cfg.data), "val")
+        check_data_matches(train, cfg.model, cfg.data)
+        seed_everything(cfg.engine.seed)  # identical initial weights on every rank
+        model = SiameseEncoder(cfg.model)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        engine.prepare("siamese", model, optimizer)
+        sampler = IdentityBalancedBatchSampler(train.labels["identity"], cfg.p, cfg.k,
+                                               num_replicas=engine.world_size, rank=engine.rank, seed=cfg.engine.seed)
+        seed_everything(cfg.engine.seed + 1000 * (engine.rank + 1))
+        step, consumed = 0, 0
+        resumed = run.resume()
+        if resumed is not None:
+            step, consumed = resumed.step, resumed.sampler["consumed"]
+            sampler.load_state_dict(resumed.sampler)
+        loader = DataLoader(train, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate_faces,
+                            worker_init_fn=_worker_init)
+        tick, images_seen = time.perf_counter(), 0
+        while step < cfg.steps:
+            for images, labels in loader:
+                x = engine.cast(to_unit(images).to(engine.device))
+                with engine.autocast():
+                    embeddings = engine.model("siamese")(x)
+                loss, stats = contrastive_loss(embeddings.float(), labels["identity"].to(engine.device), cfg.margin)
+                consumed += 1
+                if run.all_finite(loss):
+                    engine.backward("siamese", loss)
+                    applied = engine.step("siamese")
+                else:
+                    engine.zero_grad("siamese")
+                    applied = False
+                    log.warning("step %d: non-finite loss on some rank, update skipped on all ranks", step + 1)
+                step += 1
+                images_seen += len(images)
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    elapsed = time.perf_counter() - tick
+                    metrics = all_reduce({"loss/contrastive": loss.item(), **stats,
+                                          "grad_norm": engine.grad_norm("siamese"),
+                                          "skipped": 0.0 if applied else 1.0})
+                    speed = images_seen / elapsed
+                    metrics.update({"speed/images_per_s_rank": speed,
+                                    "speed/images_per_s_total": all_reduce({"s": speed}, op="sum")["s"],
+                                    "lr": cfg.lr})
+                    scale = engine.loss_scale("siamese")
+                    if scale is not None:
+                        metrics["loss_scale"] = scale
+                    run.log_scalars(step, metrics)
+                    log.info("step %d/%d loss %.4f", step, cfg.steps, metrics["loss/contrastive"])
+                    tick, images_seen = time.perf_counter(), 0
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    if engine.is_main and len(val):
+                        run.log_scalars(step, verification(engine.unwrap("siamese"), val, engine.device))
+                    barrier()
+                stop = run.stop_requested()
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
+                    run.save_checkpoint(step, sampler=sampler.state_dict(consumed))
+                if stop:
+                    raise TrainingStopped(f"stopped by signal at step {step}; checkpoint written", EXIT_PREEMPTED)
+                if step >= cfg.steps:
+                    break
+            else:
+                sampler.set_epoch(sampler.epoch + 1)
+                consumed = 0
+        return run.out
+    finally:
+        run.close()
