@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from kssgan_hpc import __version__
-from kssgan_hpc.cli import inspect, prep
+from kssgan_hpc.cli import cluster, inspect, prep, train
 
-STAGES = {"prep": prep, "inspect": inspect}
+STAGES = {"prep": prep, "inspect": inspect, "train": train, "cluster": cluster}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,6 +65,13 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.detach().float().add(1.0).mul(127.5).clamp(0, 255).round().to(torch.uint8)
 
 
+def image_grid(images: torch.Tensor, columns: int) -> torch.Tensor:
+    """uint8 [N, C, H, W] -> one uint8 [C, rows*H, columns*W] image for TensorBoard (N a multiple of columns)."""
+    n, c, h, w = images.shape
+    rows = n // columns
+    return images[: rows * columns].reshape(rows, columns, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, rows * h, columns * w)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)

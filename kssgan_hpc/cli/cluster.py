@@ -1,0 +1,41 @@
+"""`kssgan cluster`: group identities into k-Same clusters (each >= k people) with the frozen Siamese."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kssgan_hpc.config import ConfigError, dump_yaml, load_config
+from kssgan_hpc.config.train import ClusterConfig
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cluster", help="k-Same clusters of identities -> clusters.json", description=__doc__)
+    p.add_argument("--config", help="YAML scenario file; its 'cluster' section is used")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. k=8 method=kmeans")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kssgan_hpc.ksame.build import build_clusters
+    from kssgan_hpc.logs import setup_logging
+
+    try:
+        cfg = load_config(ClusterConfig, args.config, args.overrides, section="cluster")
+    except ConfigError as err:
+        print(f"kssgan cluster: error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(dump_yaml(cfg), end="")
+        return 0
+    setup_logging()
+    try:
+        result = build_clusters(cfg)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"kssgan cluster: error: {err}", file=sys.stderr)
+        return 1
+    sizes = [len(c["identities"]) for c in result["clusters"]]
+    print(f"{result['identities']} identities -> {len(sizes)} clusters of {min(sizes)}..{max(sizes)} (k={cfg.k}): "
+          f"{cfg.out}")
+    return 0

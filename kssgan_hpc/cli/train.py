@@ -1,0 +1,57 @@
+"""`kssgan train siamese|gan`: one process, or one per rank under `torchrun --nproc_per_node N`.
+
+Exit codes: 0 done; 2 bad config; 75 stopped by SIGUSR1/SIGTERM after writing a checkpoint
+(requeue and rerun the same command: resume=auto continues); 65 fp16 loss scale collapsed
+(checkpoint written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kssgan_hpc.config import ConfigError, dump_yaml, load_config
+from kssgan_hpc.config.train import GanConfig, SiameseConfig
+
+STAGES = {"siamese": SiameseConfig, "gan": GanConfig}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the Siamese identity network or the GAN", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=list(STAGES))
+    p.add_argument("--config", help="YAML scenario file; its <stage> section is used")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. steps=500 engine.precision=bf16")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kssgan_hpc.engine import EngineError
+    from kssgan_hpc.train.run import TrainingStopped
+
+    try:
+        cfg = load_config(STAGES[args.stage], args.config, args.overrides, section=args.stage)
+    except ConfigError as err:
+        print(f"kssgan train: error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(dump_yaml(cfg), end="")
+        return 0
+    try:
+        if args.stage == "siamese":
+            from kssgan_hpc.train.siamese import train_siamese
+
+            out = train_siamese(cfg)
+        else:
+            from kssgan_hpc.train.gan import train_gan
+
+            out = train_gan(cfg)
+    except (ConfigError, EngineError, FileNotFoundError) as err:
+        print(f"kssgan train: error: {err}", file=sys.stderr)
+        return 2
+    except TrainingStopped as stop:
+        print(f"kssgan train: {stop}", file=sys.stderr)
+        return stop.exit_code
+    print(f"{args.stage} run: {out}  (tensorboard --logdir {out / 'tensorboard'})")
+    return 0

@@ -1,0 +1,261 @@
+"""k-Same-Siamese-GAN: G(face, cluster surrogate) against D, identity losses from the frozen Siamese.
+
+One step = a D step (adversarial + expression head + lazy R1, one summed backward) then a G step
+(D frozen and called unwrapped: adversarial + pull to the surrogate + push from the source +
+expression + low-frequency L1), then the EMA of G.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from kssgan_hpc.config.train import GanConfig
+from kssgan_hpc.data.dataset import FaceShards, collate_faces
+from kssgan_hpc.data.samplers import DistributedShardSampler
+from kssgan_hpc.engine.base import all_reduce
+from kssgan_hpc.ksame.build import load_clusters, load_siamese
+from kssgan_hpc.models import Discriminator, Generator
+from kssgan_hpc.train.run import (
+    EXIT_DIVERGED,
+    EXIT_PREEMPTED,
+    Run,
+    TrainingStopped,
+    image_grid,
+    seed_everything,
+    to_uint8,
+    to_unit,
+)
+from kssgan_hpc.train.siamese import _worker_init, check_data_matches
+
+log = logging.getLogger(__name__)
+
+
+def d_adversarial(real: torch.Tensor, fake: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "hinge":
+        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+    return F.softplus(-real).mean() + F.softplus(fake).mean()
+
+
+def g_adversarial(fake: torch.Tensor, kind: str) -> torch.Tensor:
+    return -fake.mean() if kind == "hinge" else F.softplus(-fake).mean()
+
+
+def expression_loss(logits: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the labelled images only (-1 = unknown); 0 where nothing is labelled."""
+    known = labels >= 0
+    if logits is None or not bool(known.any()):
+        return torch.zeros((), device=labels.device)
+    return F.cross_entropy(logits.float()[known], labels[known])
+
+
+class SurrogateTable:
+    """identity -> (cluster, surrogate embedding), from clusters.json."""
+
+    def __init__(self, clusters: dict, device: torch.device) -> None:
+        self.k = clusters["k"]
+        size = max(i for c in clusters["clusters"] for i in c["identities"]) + 1
+        self.cluster_of = torch.full((size,), -1, dtype=torch.long)
+        for c in clusters["clusters"]:
+            self.cluster_of[c["identities"]] = c["cluster"]
+        self.targets = torch.tensor([c["surrogate"] for c in clusters["clusters"]], dtype=torch.float32, device=device)
+
+    def lookup(self, identities: torch.Tensor, source: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if int(identities.max()) >= len(self.cluster_of) or bool((self.cluster_of[identities] < 0).any()):
+            raise ValueError(f"{source}: an identity of the training data has no cluster; rerun `kssgan cluster`")
+        clusters = self.cluster_of[identities]
+        return clusters, self.targets[clusters.to(self.targets.device)]
+
+
+def train_gan(cfg: GanConfig) -> Path:
+    """Train (or resume) the de-identifying generator; returns the run folder."""
+    run = Run(cfg, "gan")
+    engine = run.engine
+    try:
+        data = FaceShards(Path(cfg.data), "train")
+        check_data_matches(data, cfg.model, cfg.data)
+        table = SurrogateTable(load_clusters(cfg.clusters), engine.device)
+        pixel_path = Path(cfg.clusters).with_name(Path(cfg.clusters).stem + "-pixel.safetensors")
+        pixel_faces = load_file(pixel_path)["faces"] if pixel_path.is_file() else None
+        siamese, _ = load_siamese(cfg.siamese, engine.device)
+
+        seed_everything(cfg.engine.seed)  # identical initial weights on every rank
+        generator = Generator(cfg.model)
+        discriminator = Discriminator(cfg.model, num_expressions=len(data.manifest["vocab"]["expression"]))
+        ema = copy.deepcopy(generator).eval().requires_grad_(False).to(engine.device)
+        betas = (cfg.beta1, cfg.beta2)
+        engine.prepare("g", generator, torch.optim.Adam(generator.parameters(), lr=cfg.lr_g, betas=betas))
+        engine.prepare("d", discriminator, torch.optim.Adam(discriminator.parameters(), lr=cfg.lr_d, betas=betas))
+        sampler = DistributedShardSampler(data, engine.world_size, engine.rank, seed=cfg.engine.seed, drop_last=True)
+        seed_everything(cfg.engine.seed + 1000 * (engine.rank + 1))
+
+        step, consumed = 0, 0
+        resumed = run.resume()
+        if resumed is not None:
+            step, consumed = resumed.step, resumed.sampler["consumed"]
+            sampler.load_state_dict(resumed.sampler)
+            ema.load_state_dict(resumed.extra["ema_g"])
+        loader = DataLoader(data, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                            collate_fn=collate_faces, worker_init_fn=_worker_init, drop_last=True)
+        d_plain = engine.unwrap("d")
+        tick, images_seen = time.perf_counter(), 0
+        while step < cfg.steps:
+            for images, labels in loader:
+                consumed += len(images)
+                real = engine.cast(to_unit(images).to(engine.device))
+                identities = labels["identity"]
+                expression = labels["expression"].to(engine.device)
+                _, target = table.lookup(identities, cfg.data)
+                target_in = engine.cast(target)
+                r1_step = cfg.r1_gamma > 0 and step % cfg.r1_every == 0
+
+                # ---------------------------------------------------------------- D step
+                with torch.no_grad(), engine.autocast():
+                    fake = engine.model("g")(real, target_in)
+                with engine.autocast():
+                    logits, expr_logits = engine.model("d")(torch.cat([real, fake.detach()]))
+                logits = logits.float()
+                real_logits, fake_logits = logits[: len(real)], logits[len(real):]
+                d_adv = d_adversarial(real_logits, fake_logits, cfg.adversarial)
+                d_expr = expression_loss(None if expr_logits is None else expr_logits[: len(real)], expression)
+                loss_d = d_adv + cfg.w_expression * d_expr
+                r1 = torch.zeros((), device=engine.device)
+                if r1_step:
+                    # Its own pass through the plain module: DeepSpeed's backward hooks on the engine's
+                    # outputs must only see the one backward below. The gradient is taken of unscaled
+                    # logits, in fp32, so the penalty is right under any loss scale.
+                    real_in = real.detach().requires_grad_(True)
+                    with engine.autocast():
+                        r1_logits, _ = d_plain(real_in)
+                    (grad,) = torch.autograd.grad(r1_logits.float().sum(), real_in, create_graph=True)
+                    r1 = grad.float().pow(2).sum(dim=[1, 2, 3]).mean()
+                    loss_d = loss_d + r1 * (cfg.r1_gamma / 2) * cfg.r1_every
+                d_ok = run.all_finite(loss_d)
+                if d_ok:
+                    engine.backward("d", loss_d)
+                    d_applied = engine.step("d")
+                else:
+                    engine.zero_grad("d")
+                    d_applied = False
+
+                # ---------------------------------------------------------------- G step
+                d_plain.requires_grad_(False)
+                with engine.autocast():
+                    fake = engine.model("g")(real, target_in)
+                    fake_logits_g, fake_expr = d_plain(fake)
+                    fake_embedding = siamese(fake.float())  # the Siamese is an fp32 module under every engine
+                    with torch.no_grad():
+                        source_embedding = siamese(real.float())
+                fake_embedding = fake_embedding.float()
+                to_target = 1 - (fake_embedding * target).sum(1)
+                to_source = (fake_embedding * source_embedding.float()).sum(1)
+                g_adv = g_adversarial(fake_logits_g.float(), cfg.adversarial)
+                id_pull = to_target.mean()
+                id_push = F.relu(to_source - cfg.id_margin).mean()
+                g_expr = expression_loss(fake_expr, expression)
+                lowfreq = F.l1_loss(F.adaptive_avg_pool2d(fake.float(), cfg.lowfreq_size),
+                                    F.adaptive_avg_pool2d(real.float(), cfg.lowfreq_size))
+                loss_g = (cfg.w_adv * g_adv + cfg.w_id_pull * id_pull + cfg.w_id_push * id_push
+                          + cfg.w_expression * g_expr + cfg.w_lowfreq * lowfreq)
+                g_ok = run.all_finite(loss_g)
+                if g_ok:
+                    engine.backward("g", loss_g)
+                    g_applied = engine.step("g")
+                else:
+                    engine.zero_grad("g")
+                    g_applied = False
+                d_plain.requires_grad_(True)
+                if not (d_ok and g_ok):
+                    log.warning("step %d: non-finite loss on some rank, update skipped on all ranks", step + 1)
+                if g_applied:
+                    _update_ema(ema, engine.unwrap("g"), cfg.ema_decay)
+                step += 1
+                images_seen += len(images)
+
+                # ---------------------------------------------------------------- logging
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    elapsed = time.perf_counter() - tick
+                    metrics = all_reduce({
+                        "loss/d_adversarial": d_adv.item(), "loss/d_expression": d_expr.item(), "loss/r1": r1.item(),
+                        "loss/g_adversarial": g_adv.item(), "loss/id_pull": id_pull.item(),
+                        "loss/id_push": id_push.item(), "loss/g_expression": g_expr.item(),
+                        "loss/lowfreq": lowfreq.item(), "loss/g_total": loss_g.item(), "loss/d_total": loss_d.item(),
+                        "d/real_score": real_logits.mean().item(), "d/fake_score": fake_logits.mean().item(),
+                        "grad_norm/g": engine.grad_norm("g"), "grad_norm/d": engine.grad_norm("d"),
+                        "skipped/g": 0.0 if g_applied else 1.0, "skipped/d": 0.0 if d_applied else 1.0,
+                        "identity/cos_to_surrogate": (1 - to_target).mean().item(),
+                        "identity/cos_to_source": to_source.mean().item(),
+                    })
+                    speed = images_seen / elapsed
+                    metrics.update({"speed/images_per_s_rank": speed, "lr/g": cfg.lr_g, "lr/d": cfg.lr_d,
+                                    "speed/images_per_s_total": all_reduce({"s": speed}, op="sum")["s"]})
+                    for name in ("g", "d"):
+                        scale = engine.loss_scale(name)
+                        if scale is not None:
+                            metrics[f"loss_scale/{name}"] = scale
+                    run.log_scalars(step, metrics)
+                    log.info("step %d/%d  G %.3f  D %.3f  cos(surrogate) %.3f  cos(source) %.3f", step, cfg.steps,
+                             metrics["loss/g_total"], metrics["loss/d_total"],
+                             metrics["identity/cos_to_surrogate"], metrics["identity/cos_to_source"])
+                    tick, images_seen = time.perf_counter(), 0
+                if engine.is_main and (step % cfg.image_every == 0 or step == cfg.steps):
+                    _log_images(run, cfg, step, ema, siamese, real, target, labels, table, pixel_faces)
+
+                # ---------------------------------------------------------------- checkpoints
+                collapsed = [n for n in ("g", "d") if (engine.loss_scale(n) or float("inf")) < cfg.engine.min_loss_scale]
+                stop = run.stop_requested()
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop or collapsed:
+                    run.save_checkpoint(step, sampler=sampler.state_dict(consumed),
+                                        extra={"ema_g": ema.state_dict()})
+                if collapsed:
+                    raise TrainingStopped(
+                        f"fp16 loss scale of {', '.join(collapsed)} fell below engine.min_loss_scale="
+                        f"{cfg.engine.min_loss_scale} at step {step}: training diverged (checkpoint written). "
+                        "Lower the learning rates, or use engine.precision=bf16", EXIT_DIVERGED)
+                if stop:
+                    raise TrainingStopped(f"stopped by signal at step {step}; checkpoint written", EXIT_PREEMPTED)
+                if step >= cfg.steps:
+                    break
+            else:
+                sampler.set_epoch(sampler.epoch + 1)
+                consumed = 0
+        return run.out
+    finally:
+        run.close()
+
+
+@torch.no_grad()
+def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach().to(e.dtype), 1 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+@torch.no_grad()
+def _log_images(run: Run, cfg: GanConfig, step: int, ema: torch.nn.Module, siamese: torch.nn.Module,
+                real: torch.Tensor, target: torch.Tensor, labels: dict, table: SurrogateTable,
+                pixel_faces: torch.Tensor | None) -> None:
+    """Rank 0: k-Same-Pixel surrogate | de-identified output (EMA G); sources only with log_originals."""
+    count = min(8, len(real))
+    source = real[:count].float()
+    output = ema(source, target[:count]).float()
+    rows = []
+    if pixel_faces is not None:
+        clusters, _ = table.lookup(labels["identity"][:count], cfg.data)
+        rows.append(pixel_faces[clusters].to(torch.uint8))
+    rows.append(to_uint8(output).cpu())
+    if cfg.log_originals:
+        rows.insert(0, to_uint8(source).cpu())
+    grid = image_grid(torch.cat(rows), columns=count)
+    run.tb.add_image("deid/" + ("source|" if cfg.log_originals else "") + "ksame_pixel|kssgan", grid, step)
+    embedding = siamese(output)
+    run.tb.add_histogram("identity/distance_to_surrogate", 1 - (embedding * target[:count]).sum(1), step)
+    run.tb.add_histogram("identity/distance_to_source", 1 - (embedding * siamese(source)).sum(1), step)
