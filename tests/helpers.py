@@ -52,3 +52,38 @@ def kssgan(*args: str, timeout: float = 300, check: bool = False) -> subprocess.
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_env(tmp: Path) -> dict:
+    import os
+
+    # Own extension dir: a half-finished DeepSpeed op build elsewhere must never hang these tests.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(tmp / "torch_extensions")}
+
+
+def torchrun_cmd(*args: str, nproc: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+            "-m", "kssgan_hpc.cli.main", *args]
+
+
+def torchrun(*args: str, tmp: Path, nproc: int = 2, timeout: float = 300, env: dict | None = None,
+             check: bool = True) -> subprocess.CompletedProcess:
+    """Run `kssgan <args>` as `nproc` real ranks over gloo."""
+    proc = subprocess.run(torchrun_cmd(*args, nproc=nproc), capture_output=True, text=True, timeout=timeout,
+                          env={**torchrun_env(tmp), **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"torchrun {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

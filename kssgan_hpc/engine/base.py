@@ -9,6 +9,7 @@ Only engine/accelerate_engine.py and engine/deepspeed_engine.py import their bac
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from pathlib import Path
 from typing import Protocol
@@ -82,6 +83,18 @@ def all_reduce(values: dict[str, float], op: str = "mean", device: torch.device 
     if op == "mean":
         tensor /= dist.get_world_size()
     return dict(zip(keys, tensor.tolist()))
+
+
+def replicas_identical(module: nn.Module) -> bool:
+    """True when every rank holds bit-identical parameters and buffers (a silent desync check)."""
+    digest = hashlib.sha256()
+    for tensor in [*module.parameters(), *module.buffers()]:
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    digests: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(digests, digest.hexdigest())
+    return len(set(digests)) == 1
 
 
 def barrier() -> None:

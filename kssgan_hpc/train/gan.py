@@ -29,6 +29,7 @@ from kssgan_hpc.train.run import (
     Run,
     TrainingStopped,
     image_grid,
+    peak_memory_mb,
     seed_everything,
     to_uint8,
     to_unit,
@@ -137,7 +138,7 @@ def train_gan(cfg: GanConfig) -> Path:
                     (grad,) = torch.autograd.grad(r1_logits.float().sum(), real_in, create_graph=True)
                     r1 = grad.float().pow(2).sum(dim=[1, 2, 3]).mean()
                     loss_d = loss_d + r1 * (cfg.r1_gamma / 2) * cfg.r1_every
-                d_ok = run.all_finite(loss_d)
+                d_ok = run.all_finite(loss_d, step + 1)
                 if d_ok:
                     engine.backward("d", loss_d)
                     d_applied = engine.step("d")
@@ -164,7 +165,7 @@ def train_gan(cfg: GanConfig) -> Path:
                                     F.adaptive_avg_pool2d(real.float(), cfg.lowfreq_size))
                 loss_g = (cfg.w_adv * g_adv + cfg.w_id_pull * id_pull + cfg.w_id_push * id_push
                           + cfg.w_expression * g_expr + cfg.w_lowfreq * lowfreq)
-                g_ok = run.all_finite(loss_g)
+                g_ok = run.all_finite(loss_g, step + 1)
                 if g_ok:
                     engine.backward("g", loss_g)
                     g_applied = engine.step("g")
@@ -175,7 +176,8 @@ def train_gan(cfg: GanConfig) -> Path:
                 if not (d_ok and g_ok):
                     log.warning("step %d: non-finite loss on some rank, update skipped on all ranks", step + 1)
                 if g_applied:
-                    _update_ema(ema, engine.unwrap("g"), cfg.ema_decay)
+                    # Ramped decay: early on the average follows G closely instead of its random init.
+                    _update_ema(ema, engine.unwrap("g"), min(cfg.ema_decay, (1 + step) / (10 + step)))
                 step += 1
                 images_seen += len(images)
 
@@ -194,6 +196,7 @@ def train_gan(cfg: GanConfig) -> Path:
                         "identity/cos_to_source": to_source.mean().item(),
                     })
                     speed = images_seen / elapsed
+                    metrics["memory/peak_mb"] = all_reduce({"m": peak_memory_mb(engine.device)}, op="max")["m"]
                     metrics.update({"speed/images_per_s_rank": speed, "lr/g": cfg.lr_g, "lr/d": cfg.lr_d,
                                     "speed/images_per_s_total": all_reduce({"s": speed}, op="sum")["s"]})
                     for name in ("g", "d"):
@@ -212,7 +215,7 @@ def train_gan(cfg: GanConfig) -> Path:
                 collapsed = [n for n in ("g", "d") if (engine.loss_scale(n) or float("inf")) < cfg.engine.min_loss_scale]
                 stop = run.stop_requested()
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop or collapsed:
-                    run.save_checkpoint(step, sampler=sampler.state_dict(consumed),
+                    run.save_checkpoint(step, sampler=sampler.state_dict(consumed), models=("g", "d"),
                                         extra={"ema_g": ema.state_dict()})
                 if collapsed:
                     raise TrainingStopped(

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import resource
 import shutil
 import signal
 import subprocess
@@ -31,7 +32,7 @@ from torch.utils.tensorboard import SummaryWriter
 from kssgan_hpc.config import dump_yaml
 from kssgan_hpc.config.train import LoopConfig
 from kssgan_hpc.data.shards import atomic_write_text
-from kssgan_hpc.engine.base import Engine, all_reduce, barrier, build_engine
+from kssgan_hpc.engine.base import Engine, all_reduce, barrier, build_engine, replicas_identical
 from kssgan_hpc.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,13 @@ def image_grid(images: torch.Tensor, columns: int) -> torch.Tensor:
     return images[: rows * columns].reshape(rows, columns, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, rows * h, columns * w)
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated (on a GPU), else this process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -88,6 +96,8 @@ class Run:
         self.checkpoints = self.out / "checkpoints"
         if self.engine.is_main:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
+            for stale in self.checkpoints.glob(".step-*.tmp"):  # a save cut short by a kill
+                shutil.rmtree(stale, ignore_errors=True)
         barrier()
         setup_logging(self.out / f"{stage}.log" if self.engine.is_main else None, rank=self.engine.rank)
         self.tb: SummaryWriter | None = None
@@ -95,6 +105,9 @@ class Run:
             self._write_run_record()
             self.tb = SummaryWriter(str(self.out / "tensorboard"))
         self._stop_signal: str | None = None
+        # Test hook: KSSGAN_INJECT_NAN="<step>,<rank>" makes that rank's losses NaN at that step.
+        inject = os.environ.get("KSSGAN_INJECT_NAN")
+        self._inject_nan = tuple(int(v) for v in inject.split(",")) if inject else None
         for sig in (signal.SIGUSR1, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
 
@@ -136,16 +149,25 @@ class Run:
         flag = all_reduce({"stop": 1.0 if self._stop_signal else 0.0}, op="max")["stop"]
         return flag > 0
 
-    def all_finite(self, loss: torch.Tensor) -> bool:
+    def all_finite(self, loss: torch.Tensor, step: int) -> bool:
         """True on every rank only if the loss is finite on every rank: a NaN anywhere skips the step everywhere."""
+        if self._inject_nan == (step, self.engine.rank):
+            loss = loss * float("nan")
         finite = 1.0 if bool(torch.isfinite(loss.detach()).all()) else 0.0
         return all_reduce({"finite": finite}, op="min", device=None)["finite"] > 0
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int, *, sampler: dict[str, int], loop: dict[str, Any] | None = None,
-                        extra: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
-        """Collective. Atomic: a directory is renamed into place only when every rank has written its part."""
+                        extra: dict[str, dict[str, torch.Tensor]] | None = None, models: tuple[str, ...] = ()) -> Path:
+        """Collective. Atomic: a directory is renamed into place only when every rank has written its part.
+
+        `models`: prepared names whose replicas are compared across ranks first (logged as replicas/<name>).
+        """
         rank = self.engine.rank
+        in_sync = {f"replicas/{name}": float(replicas_identical(self.engine.unwrap(name))) for name in models}
+        if not all(in_sync.values()):
+            log.error("step %d: ranks hold different parameters: %s", step, in_sync)
+        self.log_scalars(step, in_sync)
         final = self.checkpoints / f"step-{step:08d}"
         tmp = self.checkpoints / f".step-{step:08d}.tmp"
         if self.engine.is_main:

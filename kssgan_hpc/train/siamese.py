@@ -16,7 +16,7 @@ from kssgan_hpc.data.dataset import FaceShards, collate_faces
 from kssgan_hpc.data.samplers import IdentityBalancedBatchSampler
 from kssgan_hpc.engine.base import all_reduce, barrier
 from kssgan_hpc.models import SiameseEncoder
-from kssgan_hpc.train.run import EXIT_PREEMPTED, Run, TrainingStopped, seed_everything, to_unit
+from kssgan_hpc.train.run import EXIT_PREEMPTED, Run, TrainingStopped, peak_memory_mb, seed_everything, to_unit
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def train_siamese(cfg: SiameseConfig) -> Path:
                     embeddings = engine.model("siamese")(x)
                 loss, stats = contrastive_loss(embeddings.float(), labels["identity"].to(engine.device), cfg.margin)
                 consumed += 1
-                if run.all_finite(loss):
+                if run.all_finite(loss, step + 1):
                     engine.backward("siamese", loss)
                     applied = engine.step("siamese")
                 else:
@@ -123,6 +123,7 @@ def train_siamese(cfg: SiameseConfig) -> Path:
                                           "grad_norm": engine.grad_norm("siamese"),
                                           "skipped": 0.0 if applied else 1.0})
                     speed = images_seen / elapsed
+                    metrics["memory/peak_mb"] = all_reduce({"m": peak_memory_mb(engine.device)}, op="max")["m"]
                     metrics.update({"speed/images_per_s_rank": speed,
                                     "speed/images_per_s_total": all_reduce({"s": speed}, op="sum")["s"],
                                     "lr": cfg.lr})
@@ -138,7 +139,7 @@ def train_siamese(cfg: SiameseConfig) -> Path:
                     barrier()
                 stop = run.stop_requested()
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
-                    run.save_checkpoint(step, sampler=sampler.state_dict(consumed))
+                    run.save_checkpoint(step, sampler=sampler.state_dict(consumed), models=("siamese",))
                 if stop:
                     raise TrainingStopped(f"stopped by signal at step {step}; checkpoint written", EXIT_PREEMPTED)
                 if step >= cfg.steps:

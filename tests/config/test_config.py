@@ -2,7 +2,10 @@ from pathlib import Path
 
 import pytest
 
+import yaml
+
 from kssgan_hpc.config import ConfigError, PrepConfig, load_config
+from kssgan_hpc.config.train import ClusterConfig, GanConfig, SiameseConfig
 
 
 def test_precedence_defaults_yaml_overrides(tmp_path: Path) -> None:
@@ -53,5 +56,9 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 
 
 def test_shipped_configs_load() -> None:
+    stages = {"prep": PrepConfig, "siamese": SiameseConfig, "cluster": ClusterConfig, "gan": GanConfig}
     for path in sorted(Path(__file__).parents[2].joinpath("configs").glob("*.yaml")):
-        load_config(PrepConfig, path, section="prep")
+        sections = yaml.safe_load(path.read_text())
+        assert set(sections) <= set(stages), path
+        for section in sections:
+            load_config(stages[section], path, section=section)

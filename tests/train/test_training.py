@@ -1,0 +1,139 @@
+"""Real 2-rank runs over gloo: both engines, both CPU precisions, resume, kill, NaN, TensorBoard."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from helpers import metrics, torchrun, torchrun_cmd, torchrun_env
+from kssgan_hpc.ksame.build import load_clusters
+
+
+def weights(run: Path, step: int) -> dict[str, dict[str, torch.Tensor]]:
+    path = run / "checkpoints" / f"step-{step:08d}"
+    return {p.stem: load_file(p) for p in path.glob("*.safetensors")}
+
+
+def assert_equal_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and a
+    for name in a:
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), f"{name}.{key} differs"
+
+
+def test_siamese_learns_and_reports_verification(siamese_run: Path) -> None:
+    rows = metrics(siamese_run)
+    losses = [r["loss/contrastive"] for r in rows if "loss/contrastive" in r]
+    val = [r for r in rows if "val/eer" in r]
+    assert len(val) == 2 and 0.0 <= val[-1]["val/eer"] <= 0.5 and val[-1]["val/accuracy"] > 0.5
+    assert [r["replicas/siamese"] for r in rows if "replicas/siamese" in r] == [1.0]
+    assert all(l == l for l in losses)  # finite
+
+
+def test_clusters_hold_k_identities(clusters: Path) -> None:
+    data = load_clusters(clusters)
+    assert data["k"] == 4 and data["identities"] == 32
+    assert all(len(c["identities"]) >= 4 for c in data["clusters"])
+    assert (clusters.parent / data["pixel_faces"]).is_file()
+    broken = json.loads(clusters.read_text())
+    broken["clusters"][0]["identities"] = broken["clusters"][0]["identities"][:2]
+    bad = clusters.parent / "broken.json"
+    bad.write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="breaks k-anonymity"):
+        load_clusters(bad)
+
+
+@pytest.mark.parametrize("engine", [
+    ["engine.backend=accelerate", "engine.precision=fp32"],
+    ["engine.backend=accelerate", "engine.precision=bf16"],
+    ["engine.backend=deepspeed", "engine.precision=fp32", "engine.zero_stage=0"],
+    ["engine.backend=deepspeed", "engine.precision=bf16", "engine.zero_stage=0"],
+    ["engine.backend=deepspeed", "engine.precision=fp32", "engine.zero_stage=2"],
+    ["engine.backend=deepspeed", "engine.precision=bf16", "engine.zero_stage=2"],
+], ids=["acc-fp32", "acc-bf16", "ds-z0-fp32", "ds-z0-bf16", "ds-z2-fp32", "ds-z2-bf16"])
+def test_gan_two_ranks_stay_identical(gan_args: list[str], engine: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "gan"
+    torchrun(*gan_args, f"out={out}", "steps=4", "checkpoint_every=2", *engine, tmp=tmp_path)
+    rows = metrics(out)
+    assert [r["replicas/g"] for r in rows if "replicas/g" in r] == [1.0, 1.0]
+    assert [r["replicas/d"] for r in rows if "replicas/d" in r] == [1.0, 1.0]
+    last = [r for r in rows if "loss/g_total" in r][-1]
+    assert last["step"] == 4 and last["skipped/g"] == 0.0 and last["skipped/d"] == 0.0
+    assert all(torch.isfinite(t).all() for w in weights(out, 4).values() for t in w.values())
+    before = weights(out, 2)["g"]
+    assert any(not torch.equal(before[k], weights(out, 4)["g"][k]) for k in before)  # it trained
+
+
+def test_resume_equals_uninterrupted(gan_args: list[str], tmp_path: Path) -> None:
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    torchrun(*gan_args, f"out={straight}", "steps=6", "checkpoint_every=100", tmp=tmp_path)
+    torchrun(*gan_args, f"out={resumed}", "steps=3", "checkpoint_every=100", tmp=tmp_path)
+    torchrun(*gan_args, f"out={resumed}", "steps=6", "checkpoint_every=100", tmp=tmp_path)
+    assert "resumed from" in (resumed / "gan.log").read_text()
+    assert_equal_weights(weights(straight, 6), weights(resumed, 6))  # G, D and the EMA of G
+
+
+def test_sigkill_mid_run_then_resume(gan_args: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "gan"
+    args = [*gan_args, f"out={out}", "steps=12", "checkpoint_every=1", "keep_checkpoints=20"]
+    proc = subprocess.Popen(torchrun_cmd(*args), env=torchrun_env(tmp_path), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(list((out / "checkpoints").glob("step-*"))) < 3:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    done = sorted((out / "checkpoints").glob("step-*"))
+    assert 3 <= len(done) < 12, "the run was not killed mid-way"
+    assert all((d / "complete").is_file() for d in done)  # only whole checkpoints carry the name
+    torchrun(*args, tmp=tmp_path)
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000012"
+    assert not list((out / "checkpoints").glob(".step-*"))
+    steps = [r["step"] for r in metrics(out) if "loss/g_total" in r]
+    assert steps[-1] == 12
+
+
+def test_nan_loss_on_one_rank_never_reaches_the_weights(gan_args: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "gan"
+    torchrun(*gan_args, f"out={out}", "steps=4", "checkpoint_every=2", tmp=tmp_path,
+             env={"KSSGAN_INJECT_NAN": "3,1"})
+    rows = {r["step"]: r for r in metrics(out) if "loss/g_total" in r}
+    assert rows[3]["skipped/g"] == 1.0 and rows[3]["skipped/d"] == 1.0  # skipped on both ranks together
+    assert rows[4]["skipped/g"] == 0.0
+    assert all(torch.isfinite(t).all() for w in weights(out, 4).values() for t in w.values())
+    assert [r["replicas/g"] for r in metrics(out) if "replicas/g" in r] == [1.0, 1.0]
+
+
+def test_tensorboard_scalars_images_histograms(gan_args: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "gan"
+    torchrun(*gan_args, f"out={out}", "steps=2", "checkpoint_every=2", tmp=tmp_path)
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("loss/g_adversarial", "loss/d_adversarial", "loss/id_pull", "loss/id_push", "loss/lowfreq",
+                "loss/r1", "d/real_score", "d/fake_score", "grad_norm/g", "grad_norm/d", "lr/g",
+                "speed/images_per_s_rank", "speed/images_per_s_total"):
+        assert tag in scalars, tag
+    assert [e.step for e in events.Scalars("loss/g_total")] == [1, 2]
+    assert events.Tags()["images"] == ["deid/ksame_pixel|kssgan"]  # no source faces by default
+    image = events.Images("deid/ksame_pixel|kssgan")[0]
+    assert image.width == 4 * 32 and image.height == 2 * 32  # batch of 4: k-Same-Pixel row, output row
+    assert {"identity/distance_to_surrogate", "identity/distance_to_source"} <= set(events.Tags()["histograms"])
+    originals = tmp_path / "with-originals"
+    torchrun(*gan_args, f"out={originals}", "steps=2", "log_originals=true", tmp=tmp_path)
+    tags = EventAccumulator(str(originals / "tensorboard")).Reload().Tags()["images"]
+    assert tags == ["deid/source|ksame_pixel|kssgan"]
+
+
+def test_fp16_without_gpu_is_a_clear_error(gan_args: list[str], tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: fp16 runs")
+    proc = torchrun(*gan_args, f"out={tmp_path / 'gan'}", "steps=1", "engine.precision=fp16", tmp=tmp_path,
+                    nproc=1, check=False)
+    assert proc.returncode == 2 and "fp16 needs a CUDA GPU" in proc.stderr
