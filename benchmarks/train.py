@@ -6,7 +6,8 @@ peak memory is the largest per-rank peak RSS (CPU) or peak allocated GPU memory.
 Each rank uses one thread (OMP_NUM_THREADS=1), so 2 ranks use 2 cores where 1 rank uses one.
 
     python benchmarks/train.py                       # CPU: everything, side by side
-    python benchmarks/train.py --resolutions 256 --precisions fp32 fp16 bf16 --ranks 1 --out benchmarks/results/train_gpu.json
+    python benchmarks/train.py --resolutions 256 --precisions fp32 fp16 bf16 --ranks 1 \
+        --out benchmarks/results/train_gpu.json
 Prints a table and writes benchmarks/results/train.json.
 """
 
@@ -76,8 +77,9 @@ def main() -> None:
                        "steps_per_s": round(images_per_s / (args.batch_size * ranks), 3),
                        "peak_memory_mb": round(max(m.get("memory/peak_mb", 0) for m in metrics), 1)}
                 rows.append(row)
-                print(f"{resolution:4d}px {precision:5s} {ranks} rank(s) {backend:10s} {row['steps_per_s']:7.3f} steps/s "
-                      f"{row['images_per_s']:8.2f} img/s  peak {row['peak_memory_mb']:8.1f} MB", flush=True)
+                print(f"{resolution:4d}px {precision:5s} {ranks} rank(s) {backend:10s} "
+                      f"{row['steps_per_s']:7.3f} steps/s {row['images_per_s']:8.2f} img/s  "
+                      f"peak {row['peak_memory_mb']:8.1f} MB", flush=True)
 
     def find(**key):
         return next(r for r in rows if all(r[k] == v for k, v in key.items()))

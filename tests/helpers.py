@@ -81,7 +81,9 @@ def torchrun(*args: str, tmp: Path, nproc: int = 2, timeout: float = 300, env: d
     proc = subprocess.run(torchrun_cmd(*args, nproc=nproc), capture_output=True, text=True, timeout=timeout,
                           env={**torchrun_env(tmp), **(env or {})})
     if check and proc.returncode != 0:
-        raise AssertionError(f"torchrun {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"torchrun {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 

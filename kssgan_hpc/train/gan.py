@@ -27,7 +27,6 @@ from kssgan_hpc.train.run import (
     EXIT_DIVERGED,
     EXIT_PREEMPTED,
     Run,
-    TrainingStopped,
     image_grid,
     peak_memory_mb,
     seed_everything,
@@ -212,18 +211,19 @@ def train_gan(cfg: GanConfig) -> Path:
                     _log_images(run, cfg, step, ema, siamese, real, target, labels, table, pixel_faces)
 
                 # ---------------------------------------------------------------- checkpoints
-                collapsed = [n for n in ("g", "d") if (engine.loss_scale(n) or float("inf")) < cfg.engine.min_loss_scale]
+                scales = {n: engine.loss_scale(n) for n in ("g", "d")}
+                collapsed = [n for n, s in scales.items() if s is not None and s < cfg.engine.min_loss_scale]
                 stop = run.stop_requested()
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop or collapsed:
                     run.save_checkpoint(step, sampler=sampler.state_dict(consumed), models=("g", "d"),
                                         extra={"ema_g": ema.state_dict()})
                 if collapsed:
-                    raise TrainingStopped(
+                    raise run.stop(
                         f"fp16 loss scale of {', '.join(collapsed)} fell below engine.min_loss_scale="
                         f"{cfg.engine.min_loss_scale} at step {step}: training diverged (checkpoint written). "
                         "Lower the learning rates, or use engine.precision=bf16", EXIT_DIVERGED)
                 if stop:
-                    raise TrainingStopped(f"stopped by signal at step {step}; checkpoint written", EXIT_PREEMPTED)
+                    raise run.stop(f"stopped by signal at step {step}; checkpoint written", EXIT_PREEMPTED)
                 if step >= cfg.steps:
                     break
             else:

@@ -70,7 +70,8 @@ def image_grid(images: torch.Tensor, columns: int) -> torch.Tensor:
     """uint8 [N, C, H, W] -> one uint8 [C, rows*H, columns*W] image for TensorBoard (N a multiple of columns)."""
     n, c, h, w = images.shape
     rows = n // columns
-    return images[: rows * columns].reshape(rows, columns, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, rows * h, columns * w)
+    grid = images[: rows * columns].reshape(rows, columns, c, h, w).permute(2, 0, 3, 1, 4)
+    return grid.reshape(c, rows * h, columns * w)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -148,6 +149,11 @@ class Run:
         """True on every rank when any rank got SIGUSR1/SIGTERM (checked at step boundaries)."""
         flag = all_reduce({"stop": 1.0 if self._stop_signal else 0.0}, op="max")["stop"]
         return flag > 0
+
+    def stop(self, message: str, exit_code: int) -> TrainingStopped:
+        """Log why the run stops (into the run's log) and build the exception that carries the exit code."""
+        log.warning("%s (exit code %d)", message, exit_code)
+        return TrainingStopped(message, exit_code)
 
     def all_finite(self, loss: torch.Tensor, step: int) -> bool:
         """True on every rank only if the loss is finite on every rank: a NaN anywhere skips the step everywhere."""

@@ -16,7 +16,7 @@ from kssgan_hpc.data.dataset import FaceShards, collate_faces
 from kssgan_hpc.data.samplers import IdentityBalancedBatchSampler
 from kssgan_hpc.engine.base import all_reduce, barrier
 from kssgan_hpc.models import SiameseEncoder
-from kssgan_hpc.train.run import EXIT_PREEMPTED, Run, TrainingStopped, peak_memory_mb, seed_everything, to_unit
+from kssgan_hpc.train.run import EXIT_PREEMPTED, Run, peak_memory_mb, seed_everything, to_unit
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,8 @@ def contrastive_loss(embeddings: torch.Tensor, identities: torch.Tensor, margin:
     positive = same & off_diagonal
     negative = ~same
     loss = (distance[positive].pow(2).mean() + torch.relu(margin - distance[negative]).pow(2).mean())
-    stats = {"distance/positive": distance[positive].mean().item(), "distance/negative": distance[negative].mean().item()}
+    stats = {"distance/positive": distance[positive].mean().item(),
+             "distance/negative": distance[negative].mean().item()}
     return loss, stats
 
 
@@ -141,7 +142,7 @@ def train_siamese(cfg: SiameseConfig) -> Path:
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
                     run.save_checkpoint(step, sampler=sampler.state_dict(consumed), models=("siamese",))
                 if stop:
-                    raise TrainingStopped(f"stopped by signal at step {step}; checkpoint written", EXIT_PREEMPTED)
+                    raise run.stop(f"stopped by signal at step {step}; checkpoint written", EXIT_PREEMPTED)
                 if step >= cfg.steps:
                     break
             else:

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import metrics, torchrun, torchrun_cmd, torchrun_env
+from helpers import kssgan, metrics, torchrun, torchrun_cmd, torchrun_env
 from kssgan_hpc.ksame.build import load_clusters
 
 
@@ -34,7 +34,7 @@ def test_siamese_learns_and_reports_verification(siamese_run: Path) -> None:
     val = [r for r in rows if "val/eer" in r]
     assert len(val) == 2 and 0.0 <= val[-1]["val/eer"] <= 0.5 and val[-1]["val/accuracy"] > 0.5
     assert [r["replicas/siamese"] for r in rows if "replicas/siamese" in r] == [1.0]
-    assert all(l == l for l in losses)  # finite
+    assert all(value == value for value in losses)  # no NaN
 
 
 def test_clusters_hold_k_identities(clusters: Path) -> None:
@@ -134,6 +134,32 @@ def test_tensorboard_scalars_images_histograms(gan_args: list[str], tmp_path: Pa
 def test_fp16_without_gpu_is_a_clear_error(gan_args: list[str], tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: fp16 runs")
-    proc = torchrun(*gan_args, f"out={tmp_path / 'gan'}", "steps=1", "engine.precision=fp16", tmp=tmp_path,
-                    nproc=1, check=False)
+    proc = kssgan(*gan_args, f"out={tmp_path / 'gan'}", "steps=1", "engine.precision=fp16")  # one plain process
     assert proc.returncode == 2 and "fp16 needs a CUDA GPU" in proc.stderr
+
+
+def test_sigusr1_checkpoints_and_exits_for_requeue(gan_args: list[str], tmp_path: Path) -> None:
+    import psutil
+
+    out = tmp_path / "gan"
+    args = [*gan_args, f"out={out}", "steps=500", "checkpoint_every=1000"]
+    proc = subprocess.Popen(torchrun_cmd(*args), env=torchrun_env(tmp_path), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not (out / "metrics.jsonl").is_file():
+            time.sleep(0.05)
+        ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "kssgan_hpc.cli.main" in p.cmdline()]
+        assert len(ranks) == 2
+        ranks[1].send_signal(signal.SIGUSR1)  # one rank is told: every rank stops at the same step
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = (out / "gan.log").read_text()
+    assert "stopped by signal" in log and "exit code 75" in log and proc.returncode != 0
+    saved = (out / "checkpoints" / "latest").read_text().strip()
+    step = int(saved.split("-")[1])
+    assert 0 < step < 500
+    torchrun(*[a for a in args if not a.startswith("steps=")], f"steps={step + 2}", tmp=tmp_path)
+    assert (out / "checkpoints" / "latest").read_text().strip() == f"step-{step + 2:08d}"
