@@ -3,7 +3,8 @@
 Every combination is a real `kssgan train gan` run under torchrun (gloo on CPU, nccl on GPU) on
 the demo faces; steps/s and images/s are read from its metrics.jsonl after `--warmup` steps,
 peak memory is the largest per-rank peak RSS (CPU) or peak allocated GPU memory.
-Each rank uses one thread (OMP_NUM_THREADS=1), so 2 ranks use 2 cores where 1 rank uses one.
+Each rank uses one thread (OMP_NUM_THREADS=1) and loads in its own process (workers=0: the
+shards are read far faster than a step takes), so 2 ranks use 2 cores where 1 rank uses one.
 
     python benchmarks/train.py                       # CPU: everything, side by side
     python benchmarks/train.py --resolutions 256 --precisions fp32 fp16 bf16 --ranks 1 \
@@ -67,7 +68,7 @@ def main() -> None:
                 out = Path(tmp) / f"gan-{resolution}-{precision}-{ranks}-{backend}"
                 kssgan(["train", "gan", f"data={data}", f"siamese={siamese}", f"clusters={clusters}", f"out={out}",
                         f"steps={args.steps}", f"batch_size={args.batch_size}", "log_every=1", "image_every=100000",
-                        "checkpoint_every=100000", "workers=1", f"engine.backend={backend}",
+                        "checkpoint_every=100000", "workers=0", f"engine.backend={backend}",
                         f"engine.precision={precision}", *model, *WIDTHS], ranks, env)
                 metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
                 steady = [m for m in metrics if "speed/images_per_s_total" in m and m["step"] > args.warmup]

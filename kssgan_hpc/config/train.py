@@ -52,6 +52,9 @@ class EngineConfig:
     """Clip gradient norm to this value; 0 disables."""
     seed: int = 0
     """Seed of model init, sampling and every rank's RNG (rank r uses seed + r for its own draws)."""
+    deepspeed_config: str | None = None
+    """DeepSpeed only: a JSON file merged over the generated config (bucket sizes, offload, comms);
+    precision and ZeRO stage still come from engine.precision and engine.zero_stage."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.zero_stage <= 2:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import math
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kssgan_hpc.config.train import EngineConfig
-from kssgan_hpc.engine.base import barrier, grad_norm
+from kssgan_hpc.engine.base import EngineError, barrier, grad_norm
 
 
 def _safe_globals() -> list:
@@ -29,6 +30,13 @@ def _safe_globals() -> list:
 
     names = ("LossScaler", "DynamicLossScaler", "LossScaleConfig", "LossScaleProfile")
     return [ZeroStageEnum, fragment_address, *(getattr(loss_scaler, n) for n in names if hasattr(loss_scaler, n))]
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
 
 
 class DeepSpeedEngine:
@@ -57,6 +65,21 @@ class DeepSpeedEngine:
         return self.rank == 0
 
     def _ds_config(self) -> dict:
+        config = self._base_config()
+        if self.cfg.deepspeed_config:
+            path = Path(self.cfg.deepspeed_config)
+            try:
+                user = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise EngineError(f"{path}: cannot read the DeepSpeed JSON: {err}") from None
+            stage = user.get("zero_optimization", {}).get("stage", self.cfg.zero_stage)
+            if stage != self.cfg.zero_stage or any(user.get(k, {}).get("enabled") for k in ("fp16", "bf16")
+                                                   if k != self.precision):
+                raise EngineError(f"{path}: sets ZeRO stage or precision; use engine.zero_stage / engine.precision")
+            config = _merge(config, user)
+        return config
+
+    def _base_config(self) -> dict:
         return {
             "train_micro_batch_size_per_gpu": 1,  # the loops feed batches themselves; DeepSpeed only checks this
             "gradient_accumulation_steps": 1,

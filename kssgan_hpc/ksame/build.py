@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from kssgan_hpc.config import from_dict
@@ -21,19 +22,16 @@ from kssgan_hpc.data.dataset import FaceShards, collate_faces
 from kssgan_hpc.data.shards import atomic_write_json, load_manifest
 from kssgan_hpc.ksame.clusters import average_faces, check_clusters, cluster_identities, surrogate_targets
 from kssgan_hpc.models import SiameseEncoder
+from kssgan_hpc.train.run import latest_checkpoint
 
 log = logging.getLogger(__name__)
 
 
 def load_siamese(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[SiameseEncoder, SiameseConfig]:
     """The newest checkpoint of a Siamese run, frozen, in eval mode (weights from safetensors)."""
-    from kssgan_hpc.train.run import latest_checkpoint  # noqa: PLC0415 (train imports this package's users)
-
     path = latest_checkpoint(Path(run_dir) / "checkpoints")
     if path is None:
         raise FileNotFoundError(f"{run_dir}: no complete Siamese checkpoint (run `kssgan train siamese` first)")
-    import yaml
-
     cfg = from_dict(SiameseConfig, yaml.safe_load((path / "config.yaml").read_text()), str(path / "config.yaml"))
     model = SiameseEncoder(cfg.model)
     model.load_state_dict(load_file(path / "siamese.safetensors"))

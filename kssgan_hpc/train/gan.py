@@ -174,6 +174,10 @@ def train_gan(cfg: GanConfig) -> Path:
                 d_plain.requires_grad_(True)
                 if not (d_ok and g_ok):
                     log.warning("step %d: non-finite loss on some rank, update skipped on all ranks", step + 1)
+                for name, ok, applied in (("d", d_ok, d_applied), ("g", g_ok, g_applied)):
+                    if ok and not applied:  # the engine saw inf/NaN gradients (fp16 overflow) on every rank
+                        log.warning("step %d: %s gradient overflow, step skipped; loss scale now %s",
+                                    step + 1, name.upper(), engine.loss_scale(name))
                 if g_applied:
                     # Ramped decay: early on the average follows G closely instead of its random init.
                     _update_ema(ema, engine.unwrap("g"), min(cfg.ema_decay, (1 + step) / (10 + step)))

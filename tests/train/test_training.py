@@ -16,6 +16,9 @@ from helpers import kssgan, metrics, torchrun, torchrun_cmd, torchrun_env
 from kssgan_hpc.ksame.build import load_clusters
 
 
+REPO = Path(__file__).parents[2]
+
+
 def weights(run: Path, step: int) -> dict[str, dict[str, torch.Tensor]]:
     path = run / "checkpoints" / f"step-{step:08d}"
     return {p.stem: load_file(p) for p in path.glob("*.safetensors")}
@@ -55,7 +58,8 @@ def test_clusters_hold_k_identities(clusters: Path) -> None:
     ["engine.backend=accelerate", "engine.precision=bf16"],
     ["engine.backend=deepspeed", "engine.precision=fp32", "engine.zero_stage=0"],
     ["engine.backend=deepspeed", "engine.precision=bf16", "engine.zero_stage=0"],
-    ["engine.backend=deepspeed", "engine.precision=fp32", "engine.zero_stage=2"],
+    ["engine.backend=deepspeed", "engine.precision=fp32", "engine.zero_stage=2",
+     f"engine.deepspeed_config={REPO / 'configs/deepspeed/zero2-overlap.json'}"],
     ["engine.backend=deepspeed", "engine.precision=bf16", "engine.zero_stage=2"],
 ], ids=["acc-fp32", "acc-bf16", "ds-z0-fp32", "ds-z0-bf16", "ds-z2-fp32", "ds-z2-bf16"])
 def test_gan_two_ranks_stay_identical(gan_args: list[str], engine: list[str], tmp_path: Path) -> None:
@@ -129,6 +133,12 @@ def test_tensorboard_scalars_images_histograms(gan_args: list[str], tmp_path: Pa
     torchrun(*gan_args, f"out={originals}", "steps=2", "log_originals=true", tmp=tmp_path)
     tags = EventAccumulator(str(originals / "tensorboard")).Reload().Tags()["images"]
     assert tags == ["deid/source|ksame_pixel|kssgan"]
+
+
+def test_deepspeed_json_cannot_contradict_the_engine_config(gan_args: list[str], tmp_path: Path) -> None:
+    proc = kssgan(*gan_args, f"out={tmp_path / 'gan'}", "steps=1", "engine.backend=deepspeed", "engine.zero_stage=0",
+                  f"engine.deepspeed_config={REPO / 'configs/deepspeed/zero2-overlap.json'}")
+    assert proc.returncode == 2 and "zero2-overlap.json: sets ZeRO stage" in proc.stderr
 
 
 def test_fp16_without_gpu_is_a_clear_error(gan_args: list[str], tmp_path: Path) -> None:
