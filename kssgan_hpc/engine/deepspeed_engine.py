@@ -11,6 +11,8 @@ import contextlib
 import inspect
 import json
 import math
+import os
+import socket
 from pathlib import Path
 
 import deepspeed
@@ -32,6 +34,12 @@ def _safe_globals() -> list:
     return [ZeroStageEnum, fragment_address, *(getattr(loss_scaler, n) for n in names if hasattr(loss_scaler, n))]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _merge(base: dict, update: dict) -> dict:
     merged = dict(base)
     for key, value in update.items():
@@ -45,6 +53,9 @@ class DeepSpeedEngine:
         if cpu:
             # The shared-memory comm op compiles C++ for minutes on first use; gloo is enough on CPU.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        if "RANK" not in os.environ:  # a plain process, not under torchrun: a group of one (else MPI discovery)
+            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                              MASTER_PORT=str(_free_port()))
         deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
         import torch.distributed as dist
 
@@ -52,7 +63,7 @@ class DeepSpeedEngine:
         self.precision = cfg.precision
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
-        self.local_rank = int(__import__("os").environ.get("LOCAL_RANK", 0))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.device = torch.device("cpu") if cpu else torch.device("cuda", self.local_rank)
         if not cpu:
             torch.cuda.set_device(self.device)
