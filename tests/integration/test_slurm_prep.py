@@ -1,0 +1,65 @@
+"""The prep job array + merge templates, submitted with sbatch to the real local Slurm cluster.
+
+`.ci/run` starts the cluster (scripts/slurm_cluster.sh start); elsewhere these tests skip with the reason.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import kssgan
+
+REPO = Path(__file__).parents[2]
+
+
+def cluster_up() -> str | None:
+    """None when a Slurm controller answers, else why not."""
+    if shutil.which("sbatch") is None:
+        return "no Slurm client installed (bash scripts/slurm_cluster.sh start, as root)"
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+    if "UP" not in ping.stdout:
+        return f"Slurm controller not up: {ping.stdout.strip() or ping.stderr.strip()}"
+    return None
+
+
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(cluster_up() is not None, reason=str(cluster_up()))]
+
+
+def wait_for_jobs(job_ids: list[str], timeout: float = 300) -> dict[str, str]:
+    """Poll sacct until every job (and array task) is in a final state; bounded."""
+    final = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
+                             capture_output=True, text=True, timeout=30).stdout
+        states = dict(line.split("|")[:2] for line in out.splitlines() if line)
+        states = {k: v.split()[0] for k, v in states.items()}
+        if states and all(v in final for v in states.values()) and not any("[" in k for k in states):
+            return states
+        time.sleep(0.5)
+    subprocess.run(["scancel", *job_ids], timeout=30)
+    raise TimeoutError(f"jobs {job_ids} not finished after {timeout} s: {states}")
+
+
+def test_prep_array_and_merge_equal_single_process(tmp_path: Path) -> None:
+    args = "--source demo --resolution 32 images_per_shard=40"
+    reference = tmp_path / "reference"
+    kssgan("prep", *args.split(), "--out", str(reference), "--no-progress", check=True)
+    out = tmp_path / "array"
+    env = {**os.environ, "PREP_ARGS": f"{args} --out {out}", "PARTS": "3", "VENV": sys.prefix}
+    submit = ["sbatch", "--parsable", f"--chdir={REPO}", f"--output={tmp_path}/slurm-%x-%A_%a.out"]
+    array = subprocess.run([*submit, "--array=0-2", "slurm/prep_array.sbatch"], env=env, cwd=REPO,
+                           capture_output=True, text=True, timeout=60, check=True).stdout.strip().split(";")[0]
+    merge = subprocess.run([*submit, f"--dependency=afterok:{array}", "slurm/prep_merge.sbatch"], env=env, cwd=REPO,
+                           capture_output=True, text=True, timeout=60, check=True).stdout.strip().split(";")[0]
+    states = wait_for_jobs([array, merge])
+    logs = "\n".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    assert set(states.values()) == {"COMPLETED"}, f"{states}\n{logs}"
+    assert len([k for k in states if k.startswith(f"{array}_")]) == 3
+    assert json.loads((out / "manifest.json").read_text()) == json.loads((reference / "manifest.json").read_text())
