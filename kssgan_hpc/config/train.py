@@ -102,7 +102,7 @@ class LoopConfig:
 class SiameseConfig(LoopConfig):
     out: str = "runs/demo/siamese"
     p: int = 8
-    """Identities per batch (P of the P x K sampler); batch_size is P*K and is derived."""
+    """Identities per batch (P of the P x K sampler); batch_size is derived as P*K (setting it has no effect)."""
     k: int = 4
     """Images per identity per batch."""
     lr: float = 3e-4

@@ -53,7 +53,6 @@ class TrainingStopped(Exception):
 class Resumed:
     step: int
     sampler: dict[str, int]
-    loop: dict[str, Any]
     extra: dict[str, dict[str, torch.Tensor]]
 
 
@@ -163,7 +162,7 @@ class Run:
         return all_reduce({"finite": finite}, op="min", device=None)["finite"] > 0
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, step: int, *, sampler: dict[str, int], loop: dict[str, Any] | None = None,
+    def save_checkpoint(self, step: int, *, sampler: dict[str, int],
                         extra: dict[str, dict[str, torch.Tensor]] | None = None, models: tuple[str, ...] = ()) -> Path:
         """Collective. Atomic: a directory is renamed into place only when every rank has written its part.
 
@@ -186,8 +185,8 @@ class Run:
                 save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
                           tmp / f"extra-{name}.safetensors")
             atomic_write_text(tmp / "config.yaml", dump_yaml(self.cfg))
-        trainer = {"step": step, "sampler": sampler, "loop": loop or {},
-                   "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
+        trainer = {"step": step, "sampler": sampler, "torch_rng": torch.get_rng_state(),
+                   "python_rng": random.getstate()}
         if torch.cuda.is_available():
             trainer["cuda_rng"] = torch.cuda.get_rng_state()
         torch.save(trainer, tmp / f"trainer-rank{rank:05d}.pt")
@@ -229,7 +228,7 @@ class Run:
             torch.cuda.set_rng_state(trainer["cuda_rng"])
         extra = {p.stem.removeprefix("extra-"): load_file(p) for p in path.glob("extra-*.safetensors")}
         log.info("resumed from %s (step %d)", path, trainer["step"])
-        return Resumed(step=trainer["step"], sampler=trainer["sampler"], loop=trainer["loop"], extra=extra)
+        return Resumed(step=trainer["step"], sampler=trainer["sampler"], extra=extra)
 
     def close(self) -> None:
         if self.tb is not None:
