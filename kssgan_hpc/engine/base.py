@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from pathlib import Path
 from typing import Protocol
 
@@ -19,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from kssgan_hpc.config.train import EngineConfig
+from kssgan_hpc.launch import apply_distributed_env
 
 
 class EngineError(RuntimeError):
@@ -107,12 +107,6 @@ def grad_norm(module: nn.Module) -> float:
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
-def distributed_env() -> tuple[int, int, int]:
-    """(rank, local_rank, world_size) from torchrun's variables; (0, 0, 1) for a plain process."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
-            int(os.environ.get("WORLD_SIZE", 1)))
-
-
 def build_engine(cfg: EngineConfig) -> Engine:
     """The configured backend; fails early, with the fix, where a precision can't run here."""
     if cfg.precision == "fp16" and not torch.cuda.is_available():
@@ -120,6 +114,8 @@ def build_engine(cfg: EngineConfig) -> Engine:
             "engine.precision=fp16 needs a CUDA GPU: DeepSpeed refuses fp16 on CPU and Accelerate "
             "silently trains fp32 there; use engine.precision=bf16 or fp32 on CPU"
         )
+    # Under srun without torchrun, export the Slurm task's rank and master as torchrun would.
+    apply_distributed_env()
     if cfg.backend == "deepspeed":
         from kssgan_hpc.engine.deepspeed_engine import DeepSpeedEngine
 

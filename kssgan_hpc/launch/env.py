@@ -1,0 +1,102 @@
+"""One function turns the process environment into torch.distributed settings.
+
+Sources, in order: torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT — also what a
+torchrun started by srun sees), Slurm tasks (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, the first
+host of SLURM_JOB_NODELIST as master, a port derived from SLURM_JOB_ID so jobs sharing a node do
+not collide; submitit's tasks are Slurm tasks), else one plain process. A variable that is
+missing from an otherwise complete set, or values that contradict each other, are an error that
+names them: never a silent single-process run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+SLURM_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST", "SLURM_JOB_ID")
+PORT_BASE, PORT_RANGE = 20000, 20000
+
+
+class LaunchError(RuntimeError):
+    """The launcher's variables are incomplete or contradictory; names the variables."""
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    local_rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+    source: str
+    """torchrun, slurm or single."""
+
+    def backend(self, cuda: bool) -> str:
+        return "nccl" if cuda else "gloo"
+
+
+def expand_hostlist(hostlist: str) -> list[str]:
+    """Slurm's compressed host list -> host names: 'gpu[01-03,07],login1' -> gpu01 gpu02 gpu03 gpu07 login1."""
+    hosts: list[str] = []
+    for item in re.findall(r"[^,\[]+(?:\[[^\]]*\][^,\[]*)*", hostlist):
+        match = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", item)
+        if match is None:
+            hosts.append(item)
+            continue
+        prefix, ranges, suffix = match.groups()
+        for part in ranges.split(","):
+            if "-" in part:
+                low, high = part.split("-", 1)
+                hosts.extend(f"{prefix}{n:0{len(low)}d}{suffix}" for n in range(int(low), int(high) + 1))
+            else:
+                hosts.append(f"{prefix}{part}{suffix}")
+    if not hosts:
+        raise LaunchError(f"SLURM_JOB_NODELIST={hostlist!r} names no host")
+    return hosts
+
+
+def _ints(env: Mapping[str, str], names: tuple[str, ...]) -> dict[str, int]:
+    values = {}
+    for name in names:
+        try:
+            values[name] = int(env[name])
+        except ValueError:
+            raise LaunchError(f"{name}={env[name]!r} is not an integer") from None
+    return values
+
+
+def distributed_env(env: Mapping[str, str] | None = None) -> DistEnv:
+    env = os.environ if env is None else env
+    present = [v for v in TORCHRUN_VARS if v in env]
+    if present:
+        missing = [v for v in TORCHRUN_VARS if v not in env]
+        if missing:
+            raise LaunchError(f"torchrun variables incomplete: {', '.join(present)} set but {', '.join(missing)} "
+                              "missing; launch with torchrun, or unset them")
+        n = _ints(env, ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"))
+        if not 0 <= n["RANK"] < n["WORLD_SIZE"] or not 0 <= n["LOCAL_RANK"] < n["WORLD_SIZE"]:
+            raise LaunchError(f"RANK={n['RANK']} LOCAL_RANK={n['LOCAL_RANK']} do not fit WORLD_SIZE={n['WORLD_SIZE']}")
+        return DistEnv(n["RANK"], n["LOCAL_RANK"], n["WORLD_SIZE"], env["MASTER_ADDR"], n["MASTER_PORT"], "torchrun")
+    if "SLURM_PROCID" in env:
+        missing = [v for v in SLURM_VARS if v not in env]
+        if missing:
+            raise LaunchError(f"Slurm task variables incomplete: {', '.join(missing)} missing (run the task with srun)")
+        n = _ints(env, ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_ID"))
+        if not 0 <= n["SLURM_PROCID"] < n["SLURM_NTASKS"]:
+            raise LaunchError(f"SLURM_PROCID={n['SLURM_PROCID']} does not fit SLURM_NTASKS={n['SLURM_NTASKS']}")
+        master = expand_hostlist(env["SLURM_JOB_NODELIST"])[0]
+        port = PORT_BASE + n["SLURM_JOB_ID"] % PORT_RANGE
+        return DistEnv(n["SLURM_PROCID"], n["SLURM_LOCALID"], n["SLURM_NTASKS"], master, port, "slurm")
+    return DistEnv(0, 0, 1, "127.0.0.1", 0, "single")
+
+
+def apply_distributed_env(env: DistEnv | None = None) -> DistEnv:
+    """Export the settings as torchrun would, so Accelerate and DeepSpeed initialise from env://."""
+    env = distributed_env() if env is None else env
+    if env.source == "slurm":
+        os.environ.update(RANK=str(env.rank), LOCAL_RANK=str(env.local_rank), WORLD_SIZE=str(env.world_size),
+                          MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port))
+    return env
