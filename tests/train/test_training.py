@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import kssgan, metrics, torchrun, torchrun_cmd, torchrun_env
+from helpers import free_port, kssgan, metrics, torchrun, torchrun_cmd, torchrun_env
 from kssgan_hpc.ksame.build import load_clusters
 
 
@@ -173,3 +173,20 @@ def test_sigusr1_checkpoints_and_exits_for_requeue(gan_args: list[str], tmp_path
     assert 0 < step < 500
     torchrun(*[a for a in args if not a.startswith("steps=")], f"steps={step + 2}", tmp=tmp_path)
     assert (out / "checkpoints" / "latest").read_text().strip() == f"step-{step + 2:08d}"
+
+
+def test_accelerate_launch_with_the_shipped_yaml(demo_data: Path, tmp_path: Path) -> None:
+    import shutil
+    import sys
+
+    out = tmp_path / "siamese"
+    launcher = Path(sys.executable).with_name("accelerate")
+    cmd = [str(launcher if launcher.exists() else shutil.which("accelerate")), "launch", "--main_process_port",
+           str(free_port()), "--config_file", str(REPO / "configs/accelerate/two-process.yaml"),
+           "-m", "kssgan_hpc.cli.main", "train", "siamese", f"data={demo_data}", f"out={out}", "steps=2",
+           "p=4", "k=2", "eval_every=100", "model.resolution=32", "model.siamese_width=8", "model.max_width=32",
+           "workers=0"]
+    proc = subprocess.run(cmd, env=torchrun_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "run.json").read_text())["world_size"] == 2
+    assert [r["replicas/siamese"] for r in metrics(out) if "replicas/siamese" in r] == [1.0]
