@@ -50,6 +50,9 @@ class EngineConfig:
     """fp16: a loss scale below this stops the run (with a checkpoint): training has diverged."""
     grad_clip: float = 0.0
     """Clip gradient norm to this value; 0 disables."""
+    accumulate: int = 1
+    """Micro-batches per optimizer step (gradient accumulation, no gradient sync in between):
+    the global batch is batch_size x ranks x accumulate."""
     seed: int = 0
     """Seed of model init, sampling and every rank's RNG (rank r uses seed + r for its own draws)."""
     deepspeed_config: str | None = None
@@ -59,6 +62,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.zero_stage <= 2:
             raise ConfigError(f"engine.zero_stage={self.zero_stage} is invalid; use 0..2")
+        if self.accumulate < 1:
+            raise ConfigError(f"engine.accumulate={self.accumulate} is invalid; use >= 1")
         if self.min_loss_scale <= 0 or self.initial_loss_scale < self.min_loss_scale:
             raise ConfigError("engine.min_loss_scale must be > 0 and <= engine.initial_loss_scale")
 

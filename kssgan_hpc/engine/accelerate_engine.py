@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kssgan_hpc.config.train import EngineConfig
-from kssgan_hpc.engine.base import barrier, grad_norm
+from kssgan_hpc.engine.base import MicroBatchCounter, barrier, grad_norm, zero_loss
 
 MIXED = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}
 
@@ -29,6 +29,7 @@ class AccelerateEngine:
         self._models: dict[str, nn.Module] = {}
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
         self._norms: dict[str, float] = {}
+        self._micro = MicroBatchCounter(cfg.accumulate)
 
     @property
     def is_main(self) -> bool:
@@ -51,11 +52,25 @@ class AccelerateEngine:
     def autocast(self) -> contextlib.AbstractContextManager:
         return self.accelerator.autocast()
 
-    def backward(self, name: str, loss: torch.Tensor) -> None:
-        self.accelerator.backward(loss)
+    def micro_batch(self, name: str) -> contextlib.AbstractContextManager:
+        # DDP skips its gradient all-reduce inside no_sync; the window's last micro-batch syncs the sum.
+        if self._micro.at_boundary(name):
+            return contextlib.nullcontext()
+        return self.accelerator.no_sync(self._models[name])
 
-    def step(self, name: str) -> bool:
+    def backward(self, name: str, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss / self.cfg.accumulate)
+
+    def zero_backward(self, name: str) -> None:
+        self.accelerator.backward(zero_loss(self.unwrap(name)))
+
+    def step(self, name: str, skip: bool = False) -> bool | None:
+        if not self._micro.advance(name):
+            return None
         model, optimizer = self._models[name], self._optimizers[name]
+        if skip:
+            optimizer.zero_grad(set_to_none=True)
+            return False
         if self.accelerator.scaler is not None:
             self.accelerator.unscale_gradients(optimizer)
         self._norms[name] = grad_norm(model)

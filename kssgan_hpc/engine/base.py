@@ -1,8 +1,10 @@
 """The engine interface the training loops are written against; one implementation per backend.
 
-A loop prepares each (model, optimizer) pair under a name ("g", "d", "siamese"), then per step:
-    with engine.autocast(): loss = ...(engine.model("g")(engine.cast(x)))
-    engine.backward("g", loss); applied = engine.step("g")
+A loop prepares each (model, optimizer) pair under a name ("g", "d", "siamese"), then per micro-batch:
+    with engine.micro_batch("g"):
+        with engine.autocast(): loss = ...(engine.model("g")(engine.cast(x)))
+        engine.backward("g", loss)
+    applied = engine.step("g")   # None until the last micro-batch of an accumulation window
 Only engine/accelerate_engine.py and engine/deepspeed_engine.py import their backend.
 """
 
@@ -49,10 +51,19 @@ class Engine(Protocol):
 
     def autocast(self) -> contextlib.AbstractContextManager: ...
 
-    def backward(self, name: str, loss: torch.Tensor) -> None: ...
+    def micro_batch(self, name: str) -> contextlib.AbstractContextManager:
+        """Wraps one micro-batch's forward and backward (no gradient sync inside an accumulation window)."""
 
-    def step(self, name: str) -> bool:
-        """Clip, step and zero the gradients; False when the step was skipped (fp16 overflow)."""
+    def backward(self, name: str, loss: torch.Tensor) -> None:
+        """Backward of one micro-batch's loss (averaged over the accumulation window by the engine)."""
+
+    def zero_backward(self, name: str) -> None:
+        """A backward that adds nothing: keeps every rank's collectives in step when a loss was not finite."""
+
+    def step(self, name: str, skip: bool = False) -> bool | None:
+        """Per micro-batch. None inside an accumulation window; at its end clip, step and zero the
+        gradients and return True, or False when the update was skipped: `skip` (no finite loss in
+        the window) or an fp16 overflow."""
 
     def zero_grad(self, name: str) -> None: ...
 
@@ -69,6 +80,29 @@ class Engine(Protocol):
         """Collective: restore what `save` wrote."""
 
     def close(self) -> None: ...
+
+
+class MicroBatchCounter:
+    """Where each model is within its accumulation window."""
+
+    def __init__(self, accumulate: int) -> None:
+        self.accumulate = accumulate
+        self._count: dict[str, int] = {}
+
+    def at_boundary(self, name: str) -> bool:
+        """True when the current micro-batch of `name` is the last of its window."""
+        return (self._count.get(name, 0) + 1) % self.accumulate == 0
+
+    def advance(self, name: str) -> bool:
+        """Count one micro-batch; True when it closed a window."""
+        boundary = self.at_boundary(name)
+        self._count[name] = self._count.get(name, 0) + 1
+        return boundary
+
+
+def zero_loss(module: nn.Module) -> torch.Tensor:
+    """0 * every trainable parameter: a backward through it gives zero gradients but touches them all."""
+    return torch.stack([p.reshape(-1)[0].float() for p in module.parameters() if p.requires_grad]).sum() * 0.0
 
 
 def all_reduce(values: dict[str, float], op: str = "mean", device: torch.device | None = None) -> dict[str, float]:

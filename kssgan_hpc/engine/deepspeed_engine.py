@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kssgan_hpc.config.train import EngineConfig
-from kssgan_hpc.engine.base import EngineError, barrier, grad_norm
+from kssgan_hpc.engine.base import EngineError, MicroBatchCounter, barrier, grad_norm, zero_loss
 
 
 def _safe_globals() -> list:
@@ -69,6 +69,7 @@ class DeepSpeedEngine:
             torch.cuda.set_device(self.device)
         self._engines: dict[str, deepspeed.DeepSpeedEngine] = {}
         self._norms: dict[str, float] = {}
+        self._micro = MicroBatchCounter(cfg.accumulate)
         self._dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.precision]
 
     @property
@@ -93,7 +94,8 @@ class DeepSpeedEngine:
     def _base_config(self) -> dict:
         return {
             "train_micro_batch_size_per_gpu": 1,  # the loops feed batches themselves; DeepSpeed only checks this
-            "gradient_accumulation_steps": 1,
+            # DeepSpeed accumulates itself: backward + step every micro-batch, it updates at the boundary.
+            "gradient_accumulation_steps": self.cfg.accumulate,
             "zero_optimization": {"stage": self.cfg.zero_stage},
             "bf16": {"enabled": self.precision == "bf16"},
             "fp16": {
@@ -126,17 +128,32 @@ class DeepSpeedEngine:
     def autocast(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
-    def backward(self, name: str, loss: torch.Tensor) -> None:
-        self._engines[name].backward(loss)
+    def micro_batch(self, name: str) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # DeepSpeed defers the reduction to the boundary itself
 
-    def step(self, name: str) -> bool:
+    def backward(self, name: str, loss: torch.Tensor) -> None:
+        self._engines[name].backward(loss)  # DeepSpeed divides by gradient_accumulation_steps
+
+    def zero_backward(self, name: str) -> None:
+        self._engines[name].backward(zero_loss(self.unwrap(name)))
+
+    def step(self, name: str, skip: bool = False) -> bool | None:
         engine = self._engines[name]
-        if not self.cfg.zero_stage:
+        boundary = self._micro.advance(name)
+        if boundary and skip:
+            engine.zero_grad()
+            if self.cfg.accumulate == 1:
+                return False  # no step() at all: nothing was accumulated, DeepSpeed's counters stay aligned
+            # Within a window DeepSpeed must see step() at the boundary; with zeroed gradients the
+            # update is the optimizer's momentum only, never a non-finite value.
+        if boundary and not self.cfg.zero_stage:
             self._norms[name] = grad_norm(engine.module)
         engine.step()
+        if not boundary:
+            return None
         if self.cfg.zero_stage:  # ZeRO keeps reduced gradients in its partitions and computes the norm in step()
             self._norms[name] = float(engine.get_global_grad_norm() or 0.0)
-        applied = engine.was_step_applied()
+        applied = engine.was_step_applied() and not skip
         engine.zero_grad()
         return applied
 

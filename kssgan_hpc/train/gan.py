@@ -12,6 +12,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -106,75 +107,96 @@ def train_gan(cfg: GanConfig) -> Path:
                             collate_fn=collate_faces, worker_init_fn=_worker_init, drop_last=True)
         d_plain = engine.unwrap("d")
         tick, images_seen = time.perf_counter(), 0
+        window: list[tuple[torch.Tensor, dict]] = []  # the micro-batches of one accumulation window
+
+        def d_micro(real: torch.Tensor, target_in: torch.Tensor, expression: torch.Tensor, r1_step: bool) -> dict:
+            """D's losses on one micro-batch, backward included (inside engine.micro_batch)."""
+            with torch.no_grad(), engine.autocast():
+                fake = engine.model("g")(real, target_in)
+            with engine.autocast():
+                logits, expr_logits = engine.model("d")(torch.cat([real, fake.detach()]))
+            logits = logits.float()
+            real_logits, fake_logits = logits[: len(real)], logits[len(real):]
+            d_adv = d_adversarial(real_logits, fake_logits, cfg.adversarial)
+            d_expr = expression_loss(None if expr_logits is None else expr_logits[: len(real)], expression)
+            loss = d_adv + cfg.w_expression * d_expr
+            r1 = torch.zeros((), device=engine.device)
+            if r1_step:
+                # Its own pass through the plain module: DeepSpeed's backward hooks on the engine's
+                # outputs must only see the one backward below. The gradient is taken of unscaled
+                # logits, in fp32, so the penalty is right under any loss scale.
+                real_in = real.detach().requires_grad_(True)
+                with engine.autocast():
+                    r1_logits, _ = d_plain(real_in)
+                (grad,) = torch.autograd.grad(r1_logits.float().sum(), real_in, create_graph=True)
+                r1 = grad.float().pow(2).sum(dim=[1, 2, 3]).mean()
+                loss = loss + r1 * (cfg.r1_gamma / 2) * cfg.r1_every
+            ok = run.all_finite(loss, step + 1)
+            engine.backward("d", loss) if ok else engine.zero_backward("d")
+            return {"ok": ok, "loss/d_adversarial": d_adv.item(), "loss/d_expression": d_expr.item(),
+                    "loss/r1": r1.item(), "loss/d_total": loss.item(), "d/real_score": real_logits.mean().item(),
+                    "d/fake_score": fake_logits.mean().item()}
+
+        def g_micro(real: torch.Tensor, target: torch.Tensor, target_in: torch.Tensor,
+                    expression: torch.Tensor) -> dict:
+            """G's losses on one micro-batch against the frozen, unwrapped D, backward included."""
+            with engine.autocast():
+                fake = engine.model("g")(real, target_in)
+                fake_logits, fake_expr = d_plain(fake)
+                fake_embedding = siamese(fake.float())  # the Siamese is an fp32 module under every engine
+                with torch.no_grad():
+                    source_embedding = siamese(real.float())
+            fake_embedding = fake_embedding.float()
+            to_target = 1 - (fake_embedding * target).sum(1)
+            to_source = (fake_embedding * source_embedding.float()).sum(1)
+            g_adv = g_adversarial(fake_logits.float(), cfg.adversarial)
+            id_pull = to_target.mean()
+            id_push = F.relu(to_source - cfg.id_margin).mean()
+            g_expr = expression_loss(fake_expr, expression)
+            lowfreq = F.l1_loss(F.adaptive_avg_pool2d(fake.float(), cfg.lowfreq_size),
+                                F.adaptive_avg_pool2d(real.float(), cfg.lowfreq_size))
+            loss = (cfg.w_adv * g_adv + cfg.w_id_pull * id_pull + cfg.w_id_push * id_push
+                    + cfg.w_expression * g_expr + cfg.w_lowfreq * lowfreq)
+            ok = run.all_finite(loss, step + 1)
+            engine.backward("g", loss) if ok else engine.zero_backward("g")
+            return {"ok": ok, "loss/g_adversarial": g_adv.item(), "loss/id_pull": id_pull.item(),
+                    "loss/id_push": id_push.item(), "loss/g_expression": g_expr.item(),
+                    "loss/lowfreq": lowfreq.item(), "loss/g_total": loss.item(),
+                    "identity/cos_to_surrogate": (1 - to_target).mean().item(),
+                    "identity/cos_to_source": to_source.mean().item()}
+
         while step < cfg.steps:
             for images, labels in loader:
                 consumed += len(images)
-                real = engine.cast(to_unit(images).to(engine.device))
-                identities = labels["identity"]
-                expression = labels["expression"].to(engine.device)
-                _, target = table.lookup(identities, cfg.data)
-                target_in = engine.cast(target)
+                images_seen += len(images)
+                window.append((images, labels))
+                if len(window) < cfg.engine.accumulate:
+                    continue
+                # Phases as in StyleGAN: D over every micro-batch of the window, one update; then G.
+                batches = []
+                for images, labels in window:
+                    _, target = table.lookup(labels["identity"], cfg.data)
+                    batches.append((engine.cast(to_unit(images).to(engine.device)), target, engine.cast(target),
+                                    labels["expression"].to(engine.device)))
+                window = []
                 r1_step = cfg.r1_gamma > 0 and step % cfg.r1_every == 0
-
-                # ---------------------------------------------------------------- D step
-                with torch.no_grad(), engine.autocast():
-                    fake = engine.model("g")(real, target_in)
-                with engine.autocast():
-                    logits, expr_logits = engine.model("d")(torch.cat([real, fake.detach()]))
-                logits = logits.float()
-                real_logits, fake_logits = logits[: len(real)], logits[len(real):]
-                d_adv = d_adversarial(real_logits, fake_logits, cfg.adversarial)
-                d_expr = expression_loss(None if expr_logits is None else expr_logits[: len(real)], expression)
-                loss_d = d_adv + cfg.w_expression * d_expr
-                r1 = torch.zeros((), device=engine.device)
-                if r1_step:
-                    # Its own pass through the plain module: DeepSpeed's backward hooks on the engine's
-                    # outputs must only see the one backward below. The gradient is taken of unscaled
-                    # logits, in fp32, so the penalty is right under any loss scale.
-                    real_in = real.detach().requires_grad_(True)
-                    with engine.autocast():
-                        r1_logits, _ = d_plain(real_in)
-                    (grad,) = torch.autograd.grad(r1_logits.float().sum(), real_in, create_graph=True)
-                    r1 = grad.float().pow(2).sum(dim=[1, 2, 3]).mean()
-                    loss_d = loss_d + r1 * (cfg.r1_gamma / 2) * cfg.r1_every
-                d_ok = run.all_finite(loss_d, step + 1)
-                if d_ok:
-                    engine.backward("d", loss_d)
-                    d_applied = engine.step("d")
-                else:
-                    engine.zero_grad("d")
-                    d_applied = False
-
-                # ---------------------------------------------------------------- G step
+                d_stats, g_stats = [], []
+                for real, _, target_in, expression in batches:
+                    with engine.micro_batch("d"):
+                        d_stats.append(d_micro(real, target_in, expression, r1_step))
+                    d_applied = engine.step("d", skip=not any(x["ok"] for x in d_stats))
                 d_plain.requires_grad_(False)
-                with engine.autocast():
-                    fake = engine.model("g")(real, target_in)
-                    fake_logits_g, fake_expr = d_plain(fake)
-                    fake_embedding = siamese(fake.float())  # the Siamese is an fp32 module under every engine
-                    with torch.no_grad():
-                        source_embedding = siamese(real.float())
-                fake_embedding = fake_embedding.float()
-                to_target = 1 - (fake_embedding * target).sum(1)
-                to_source = (fake_embedding * source_embedding.float()).sum(1)
-                g_adv = g_adversarial(fake_logits_g.float(), cfg.adversarial)
-                id_pull = to_target.mean()
-                id_push = F.relu(to_source - cfg.id_margin).mean()
-                g_expr = expression_loss(fake_expr, expression)
-                lowfreq = F.l1_loss(F.adaptive_avg_pool2d(fake.float(), cfg.lowfreq_size),
-                                    F.adaptive_avg_pool2d(real.float(), cfg.lowfreq_size))
-                loss_g = (cfg.w_adv * g_adv + cfg.w_id_pull * id_pull + cfg.w_id_push * id_push
-                          + cfg.w_expression * g_expr + cfg.w_lowfreq * lowfreq)
-                g_ok = run.all_finite(loss_g, step + 1)
-                if g_ok:
-                    engine.backward("g", loss_g)
-                    g_applied = engine.step("g")
-                else:
-                    engine.zero_grad("g")
-                    g_applied = False
+                for real, target, target_in, expression in batches:
+                    with engine.micro_batch("g"):
+                        g_stats.append(g_micro(real, target, target_in, expression))
+                    g_applied = engine.step("g", skip=not any(x["ok"] for x in g_stats))
                 d_plain.requires_grad_(True)
-                if not (d_ok and g_ok):
-                    log.warning("step %d: non-finite loss on some rank, update skipped on all ranks", step + 1)
-                for name, ok, applied in (("d", d_ok, d_applied), ("g", g_ok, g_applied)):
+                stats = {k: float(np.mean([x[k] for x in d_stats])) for k in d_stats[0] if k != "ok"}
+                stats.update({k: float(np.mean([x[k] for x in g_stats])) for k in g_stats[0] if k != "ok"})
+                if not all(x["ok"] for x in d_stats + g_stats):
+                    log.warning("step %d: non-finite loss on some rank, its gradients dropped on all ranks", step + 1)
+                for name, ok, applied in (("d", any(x["ok"] for x in d_stats), d_applied),
+                                          ("g", any(x["ok"] for x in g_stats), g_applied)):
                     if ok and not applied:  # the engine saw inf/NaN gradients (fp16 overflow) on every rank
                         log.warning("step %d: %s gradient overflow, step skipped; loss scale now %s",
                                     step + 1, name.upper(), engine.loss_scale(name))
@@ -182,21 +204,14 @@ def train_gan(cfg: GanConfig) -> Path:
                     # Ramped decay: early on the average follows G closely instead of its random init.
                     _update_ema(ema, engine.unwrap("g"), min(cfg.ema_decay, (1 + step) / (10 + step)))
                 step += 1
-                images_seen += len(images)
+                real, target = batches[-1][0], batches[-1][1]
 
                 # ---------------------------------------------------------------- logging
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     elapsed = time.perf_counter() - tick
                     metrics = all_reduce({
-                        "loss/d_adversarial": d_adv.item(), "loss/d_expression": d_expr.item(), "loss/r1": r1.item(),
-                        "loss/g_adversarial": g_adv.item(), "loss/id_pull": id_pull.item(),
-                        "loss/id_push": id_push.item(), "loss/g_expression": g_expr.item(),
-                        "loss/lowfreq": lowfreq.item(), "loss/g_total": loss_g.item(), "loss/d_total": loss_d.item(),
-                        "d/real_score": real_logits.mean().item(), "d/fake_score": fake_logits.mean().item(),
-                        "grad_norm/g": engine.grad_norm("g"), "grad_norm/d": engine.grad_norm("d"),
+                        **stats, "grad_norm/g": engine.grad_norm("g"), "grad_norm/d": engine.grad_norm("d"),
                         "skipped/g": 0.0 if g_applied else 1.0, "skipped/d": 0.0 if d_applied else 1.0,
-                        "identity/cos_to_surrogate": (1 - to_target).mean().item(),
-                        "identity/cos_to_source": to_source.mean().item(),
                     })
                     speed = images_seen / elapsed
                     metrics["memory/peak_mb"] = all_reduce({"m": peak_memory_mb(engine.device)}, op="max")["m"]

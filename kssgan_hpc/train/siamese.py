@@ -102,22 +102,30 @@ def train_siamese(cfg: SiameseConfig) -> Path:
         loader = DataLoader(train, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate_faces,
                             worker_init_fn=_worker_init)
         tick, images_seen = time.perf_counter(), 0
+        window_finite = False  # any finite micro-batch in the current accumulation window
         while step < cfg.steps:
             for images, labels in loader:
                 x = engine.cast(to_unit(images).to(engine.device))
-                with engine.autocast():
-                    embeddings = engine.model("siamese")(x)
-                loss, stats = contrastive_loss(embeddings.float(), labels["identity"].to(engine.device), cfg.margin)
                 consumed += 1
-                if run.all_finite(loss, step + 1):
-                    engine.backward("siamese", loss)
-                    applied = engine.step("siamese")
-                else:
-                    engine.zero_grad("siamese")
-                    applied = False
-                    log.warning("step %d: non-finite loss on some rank, update skipped on all ranks", step + 1)
-                step += 1
+                with engine.micro_batch("siamese"):
+                    with engine.autocast():
+                        embeddings = engine.model("siamese")(x)
+                    loss, stats = contrastive_loss(embeddings.float(), labels["identity"].to(engine.device),
+                                                   cfg.margin)
+                    finite = run.all_finite(loss, step + 1)
+                    if finite:
+                        engine.backward("siamese", loss)
+                    else:  # this micro-batch adds nothing, on every rank
+                        engine.zero_backward("siamese")
+                        log.warning("step %d: non-finite loss on some rank, its gradients dropped on all ranks",
+                                    step + 1)
                 images_seen += len(images)
+                window_finite = window_finite or finite
+                applied = engine.step("siamese", skip=not window_finite)
+                if applied is None:
+                    continue  # inside a gradient accumulation window
+                window_finite = False
+                step += 1
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     elapsed = time.perf_counter() - tick
                     metrics = all_reduce({"loss/contrastive": loss.item(), **stats,

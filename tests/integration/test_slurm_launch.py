@@ -30,7 +30,7 @@ def test_two_tasks_form_one_gloo_group(tmp_path: Path) -> None:
         ["sbatch", "--parsable", "--ntasks=2", "--cpus-per-task=1", f"--output={out}",
          f"--wrap=OMP_NUM_THREADS=1 srun {sys.executable} {script}"],
         capture_output=True, text=True, timeout=60, check=True).stdout.strip().split(";")[0]
-    states = wait_for_jobs([job], timeout=180)
+    states = wait_for_jobs([job], records=1, timeout=180)
     log = (tmp_path / f"job-{job}.out").read_text()
     assert states == {job: "COMPLETED"}, log
     lines = sorted(line for line in log.splitlines() if line.startswith("rank "))

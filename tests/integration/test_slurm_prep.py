@@ -31,8 +31,9 @@ def cluster_up() -> str | None:
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(cluster_up() is not None, reason=str(cluster_up()))]
 
 
-def wait_for_jobs(job_ids: list[str], timeout: float = 300) -> dict[str, str]:
-    """Poll sacct until every job (and array task) is in a final state; bounded."""
+def wait_for_jobs(job_ids: list[str], records: int, timeout: float = 300) -> dict[str, str]:
+    """Poll squeue and sacct until the jobs left the queue and sacct holds `records` final records
+    (array tasks count one each; slurmdbd may lag the controller); bounded."""
     final = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -40,7 +41,9 @@ def wait_for_jobs(job_ids: list[str], timeout: float = 300) -> dict[str, str]:
                              capture_output=True, text=True, timeout=30).stdout
         states = dict(line.split("|")[:2] for line in out.splitlines() if line)
         states = {k: v.split()[0] for k, v in states.items()}
-        if states and all(v in final for v in states.values()) and not any("[" in k for k in states):
+        queued = subprocess.run(["squeue", "-h", "-j", ",".join(job_ids)], capture_output=True, text=True,
+                                timeout=30).stdout.strip()
+        if not queued and len(states) == records and all(v in final for v in states.values()):
             return states
         time.sleep(0.5)
     subprocess.run(["scancel", *job_ids], timeout=30)
@@ -58,8 +61,8 @@ def test_prep_array_and_merge_equal_single_process(tmp_path: Path) -> None:
                            capture_output=True, text=True, timeout=60, check=True).stdout.strip().split(";")[0]
     merge = subprocess.run([*submit, f"--dependency=afterok:{array}", "slurm/prep_merge.sbatch"], env=env, cwd=REPO,
                            capture_output=True, text=True, timeout=60, check=True).stdout.strip().split(";")[0]
-    states = wait_for_jobs([array, merge])
+    states = wait_for_jobs([array, merge], records=4)
     logs = "\n".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
     assert set(states.values()) == {"COMPLETED"}, f"{states}\n{logs}"
-    assert len([k for k in states if k.startswith(f"{array}_")]) == 3
+    assert len([k for k in states if k.startswith(f"{array}_")]) == 3, states
     assert json.loads((out / "manifest.json").read_text()) == json.loads((reference / "manifest.json").read_text())
