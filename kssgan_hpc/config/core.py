@@ -31,6 +31,7 @@ def load_config(
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(values, key, value)
+    if overrides:
         origin = f"{origin} + overrides"
     return from_dict(cls, values, origin)
 
@@ -142,6 +143,11 @@ def _coerce(hint: Any, value: Any, origin: str, key: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e30 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if hint is bool and not isinstance(value, bool):
         raise ConfigError(f"{origin}: {key} must be true or false, got {value!r}")
     if hint in (int, float) and isinstance(value, bool):

@@ -41,7 +41,8 @@ class EngineConfig:
     backend: Literal["accelerate", "deepspeed"] = "accelerate"
     """Distributed engine; the training loops are the same for both."""
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
-    """fp16 needs a GPU (DeepSpeed and Accelerate only run it on CUDA); bf16 runs on CPU and GPU."""
+    """bf16 and fp32 run everywhere; fp16 with DeepSpeed needs a GPU (the Accelerate engine runs
+    fp16 on CPU with torch's own autocast and GradScaler)."""
     zero_stage: int = 0
     """DeepSpeed ZeRO stage 0..2 (the GAN keeps a full EMA copy of G, so not 3)."""
     initial_loss_scale: float = 65536.0

@@ -1,4 +1,9 @@
-"""Engine over Hugging Face Accelerate: DDP, autocast mixed precision, one GradScaler for fp16."""
+"""Engine over Hugging Face Accelerate: DDP, autocast mixed precision, one GradScaler for fp16.
+
+Accelerate runs fp16 only on a GPU (on CPU it silently trains fp32). On CPU this engine runs fp16
+itself with torch's own autocast and GradScaler, which do work there, so the overflow-skip and
+loss-scale logic runs, and is tested, on machines without a GPU.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import GradScalerKwargs
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -18,8 +24,14 @@ MIXED = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}
 
 class AccelerateEngine:
     def __init__(self, cfg: EngineConfig) -> None:
+        cpu = not torch.cuda.is_available()
+        self._cpu_fp16 = cpu and cfg.precision == "fp16"
         # cpu=True is what makes 2 torchrun processes one gloo group on CPU (else each trains alone).
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=MIXED[cfg.precision])
+        self.accelerator = Accelerator(
+            cpu=cpu, mixed_precision="no" if self._cpu_fp16 else MIXED[cfg.precision],
+            kwargs_handlers=[GradScalerKwargs(init_scale=cfg.initial_loss_scale)],
+        )
+        self._scaler = torch.amp.GradScaler("cpu", init_scale=cfg.initial_loss_scale) if self._cpu_fp16 else None
         self.cfg = cfg
         self.precision = cfg.precision
         self.rank = self.accelerator.process_index
@@ -50,6 +62,8 @@ class AccelerateEngine:
         return tensor  # autocast chooses per op
 
     def autocast(self) -> contextlib.AbstractContextManager:
+        if self._cpu_fp16:
+            return torch.autocast("cpu", dtype=torch.float16)
         return self.accelerator.autocast()
 
     def micro_batch(self, name: str) -> contextlib.AbstractContextManager:
@@ -59,7 +73,8 @@ class AccelerateEngine:
         return self.accelerator.no_sync(self._models[name])
 
     def backward(self, name: str, loss: torch.Tensor) -> None:
-        self.accelerator.backward(loss / self.cfg.accumulate)
+        loss = loss / self.cfg.accumulate
+        self.accelerator.backward(self._scaler.scale(loss) if self._scaler is not None else loss)
 
     def zero_backward(self, name: str) -> None:
         self.accelerator.backward(zero_loss(self.unwrap(name)))
@@ -71,13 +86,22 @@ class AccelerateEngine:
         if skip:
             optimizer.zero_grad(set_to_none=True)
             return False
-        if self.accelerator.scaler is not None:
+        if self._scaler is not None:
+            self._scaler.unscale_(optimizer)
+        elif self.accelerator.scaler is not None:
             self.accelerator.unscale_gradients(optimizer)
         self._norms[name] = grad_norm(model)
         if self.cfg.grad_clip > 0:  # gradients are unscaled above; DDP has already averaged them
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
-        optimizer.step()
-        applied = not self.accelerator.optimizer_step_was_skipped
+        if self._scaler is not None:
+            # Gradients are all-reduced, so every rank sees the same inf and skips together.
+            scale = self._scaler.get_scale()
+            self._scaler.step(optimizer)
+            self._scaler.update()
+            applied = self._scaler.get_scale() >= scale
+        else:
+            optimizer.step()
+            applied = not self.accelerator.optimizer_step_was_skipped
         optimizer.zero_grad(set_to_none=True)
         return applied
 
@@ -85,7 +109,7 @@ class AccelerateEngine:
         self._optimizers[name].zero_grad(set_to_none=True)
 
     def loss_scale(self, name: str) -> float | None:
-        scaler = self.accelerator.scaler
+        scaler = self._scaler or self.accelerator.scaler
         return float(scaler.get_scale()) if scaler is not None else None
 
     def grad_norm(self, name: str) -> float:
@@ -98,8 +122,9 @@ class AccelerateEngine:
                 state = {k: v.detach().contiguous() for k, v in self.unwrap(name).state_dict().items()}
                 save_file(state, directory / f"{name}.safetensors")
                 torch.save(self._optimizers[name].state_dict(), directory / f"{name}-optimizer.pt")
-            if self.accelerator.scaler is not None:
-                torch.save(self.accelerator.scaler.state_dict(), directory / "grad-scaler.pt")
+            scaler = self._scaler or self.accelerator.scaler
+            if scaler is not None:
+                torch.save(scaler.state_dict(), directory / "grad-scaler.pt")
         barrier()
 
     def load(self, directory: Path) -> None:
@@ -107,8 +132,9 @@ class AccelerateEngine:
             self.unwrap(name).load_state_dict(load_file(directory / f"{name}.safetensors"))
             state = torch.load(directory / f"{name}-optimizer.pt", map_location="cpu", weights_only=True)
             self._optimizers[name].load_state_dict(state)
-        if self.accelerator.scaler is not None and (directory / "grad-scaler.pt").is_file():
-            self.accelerator.scaler.load_state_dict(torch.load(directory / "grad-scaler.pt", weights_only=True))
+        scaler = self._scaler or self.accelerator.scaler
+        if scaler is not None and (directory / "grad-scaler.pt").is_file():
+            scaler.load_state_dict(torch.load(directory / "grad-scaler.pt", weights_only=True))
 
     def close(self) -> None:
         self.accelerator.end_training()

@@ -143,10 +143,10 @@ def grad_norm(module: nn.Module) -> float:
 
 def build_engine(cfg: EngineConfig) -> Engine:
     """The configured backend; fails early, with the fix, where a precision can't run here."""
-    if cfg.precision == "fp16" and not torch.cuda.is_available():
+    if cfg.precision == "fp16" and cfg.backend == "deepspeed" and not torch.cuda.is_available():
         raise EngineError(
-            "engine.precision=fp16 needs a CUDA GPU: DeepSpeed refuses fp16 on CPU and Accelerate "
-            "silently trains fp32 there; use engine.precision=bf16 or fp32 on CPU"
+            "engine.precision=fp16 with engine.backend=deepspeed needs a CUDA GPU (DeepSpeed refuses fp16 "
+            "on CPU); use engine.backend=accelerate, or engine.precision=bf16 or fp32, on CPU"
         )
     # Under srun without torchrun, export the Slurm task's rank and master as torchrun would.
     apply_distributed_env()

@@ -62,3 +62,10 @@ def test_shipped_configs_load() -> None:
         assert set(sections) <= set(stages), path
         for section in sections:
             load_config(stages[section], path, section=section)
+
+
+def test_scientific_floats_and_error_origin() -> None:
+    cfg = load_config(GanConfig, overrides=["engine.initial_loss_scale=1e30", "lr_g=1e-4"])
+    assert cfg.engine.initial_loss_scale == 1e30 and cfg.lr_g == 1e-4  # YAML 1.1 reads 1e30 as a string
+    with pytest.raises(ConfigError, match=r"^defaults \+ overrides: unknown key 'nope'"):
+        load_config(GanConfig, overrides=["steps=2", "nope=1"])

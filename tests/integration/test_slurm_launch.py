@@ -17,7 +17,8 @@ env = apply_distributed_env()
 dist.init_process_group(env.backend(cuda=False), rank=env.rank, world_size=env.world_size)
 value = torch.tensor([float(env.rank + 1)])
 dist.all_reduce(value)
-print(f"rank {env.rank}/{env.world_size} source {env.source} master {env.master_addr}:{env.master_port} sum {value.item()}")
+print(f"rank {env.rank}/{env.world_size} source {env.source} "
+      f"master {env.master_addr}:{env.master_port} sum {value.item()}")
 dist.destroy_process_group()
 """
 

@@ -141,11 +141,38 @@ def test_deepspeed_json_cannot_contradict_the_engine_config(gan_args: list[str],
     assert proc.returncode == 2 and "zero2-overlap.json: sets ZeRO stage" in proc.stderr
 
 
-def test_fp16_without_gpu_is_a_clear_error(gan_args: list[str], tmp_path: Path) -> None:
+def test_deepspeed_fp16_without_gpu_is_a_clear_error(gan_args: list[str], tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: fp16 runs")
-    proc = kssgan(*gan_args, f"out={tmp_path / 'gan'}", "steps=1", "engine.precision=fp16")  # one plain process
-    assert proc.returncode == 2 and "fp16 needs a CUDA GPU" in proc.stderr
+    proc = kssgan(*gan_args, f"out={tmp_path / 'gan'}", "steps=1", "engine.backend=deepspeed",
+                  "engine.precision=fp16")  # one plain process
+    assert proc.returncode == 2 and "needs a CUDA GPU" in proc.stderr
+
+
+def test_fp16_trains_with_a_loss_scale(gan_args: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "gan"
+    torchrun(*gan_args, f"out={out}", "steps=3", "checkpoint_every=3", "engine.precision=fp16", tmp=tmp_path)
+    rows = [r for r in metrics(out) if "loss/g_total" in r]
+    assert rows[-1]["loss_scale/g"] > 1 and rows[-1]["skipped/g"] == 0.0
+    assert [r["replicas/g"] for r in metrics(out) if "replicas/g" in r] == [1.0]
+    assert (out / "checkpoints" / "step-00000003" / "grad-scaler.pt").is_file()
+
+
+def test_fp16_overflow_skips_then_collapse_stops_with_a_checkpoint(gan_args: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "gan"
+    # A loss scale of 1e30 overflows fp16 gradients at once; each overflow skips the update on both
+    # ranks and halves the (one, shared) scale, after D's and after G's: 1e30 -> 2.5e29 after step 1,
+    # 6.25e28 after step 2, below 2e29: the run stops there.
+    proc = torchrun(*gan_args, f"out={out}", "steps=50", "engine.precision=fp16", "engine.initial_loss_scale=1e30",
+                    "engine.min_loss_scale=2e29", tmp=tmp_path, check=False)
+    assert proc.returncode != 0
+    log = (out / "gan.log").read_text()
+    assert "gradient overflow, step skipped" in log
+    assert "fp16 loss scale of g, d fell below engine.min_loss_scale" in log and "exit code 65" in log
+    rows = [r for r in metrics(out) if "loss/g_total" in r]
+    assert all(r["skipped/g"] == 1.0 and r["skipped/d"] == 1.0 for r in rows)
+    assert (out / "checkpoints" / "latest").read_text().strip() == f"step-{rows[-1]['step']:08d}"
+    assert rows[-1]["step"] == 2 and rows[-1]["loss_scale/g"] < 2e29
 
 
 def test_sigusr1_checkpoints_and_exits_for_requeue(gan_args: list[str], tmp_path: Path) -> None:
