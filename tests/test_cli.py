@@ -36,3 +36,10 @@ def test_demo_prep_and_inspect_end_to_end(tmp_path: Path) -> None:
     assert "400 images of 40 people" in prep.stdout
     inspect = kssgan("inspect", str(out), check=True)
     assert "all checksums match" in inspect.stdout and (out / "contact_sheet.png").is_file()
+
+
+def test_overrides_may_follow_flags() -> None:
+    proc = kssgan("train", "gan", "--config", DEMO, "--dry-run", "steps=3", "engine.precision=fp32", check=True)
+    resolved = yaml.safe_load(proc.stdout)
+    assert resolved["steps"] == 3 and resolved["engine"]["precision"] == "fp32"
+    assert kssgan("inspect", "somewhere", "colour=red").returncode == 2  # inspect takes no overrides

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kssgan_hpc.config import ConfigError, dump_yaml, load_config
+from kssgan_hpc.cli.common import resolve_config
 from kssgan_hpc.config.train import ClusterConfig
 
 
@@ -21,14 +21,9 @@ def run(args: argparse.Namespace) -> int:
     from kssgan_hpc.ksame.build import build_clusters
     from kssgan_hpc.logs import setup_logging
 
-    try:
-        cfg = load_config(ClusterConfig, args.config, args.overrides, section="cluster")
-    except ConfigError as err:
-        print(f"kssgan cluster: error: {err}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        print(dump_yaml(cfg), end="")
-        return 0
+    cfg, code = resolve_config("cluster", ClusterConfig, args, "cluster")
+    if cfg is None:
+        return code
     setup_logging()
     try:
         result = build_clusters(cfg)

@@ -19,7 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, module in STAGES.items():
         module.add_parser(sub)
-    args = parser.parse_args(argv)
+    # key=value overrides may stand anywhere, also after flags (argparse stops a positional list there).
+    args, extra = parser.parse_known_args(argv)
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     return args.run(args)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kssgan_hpc.config import ConfigError, PrepConfig, dump_yaml, load_config
+from kssgan_hpc.cli.common import resolve_config
+from kssgan_hpc.config import ConfigError, PrepConfig
 from kssgan_hpc.logs import setup_logging
 
 FLAG_KEYS = ("source", "input", "out", "resolution", "workers")
@@ -35,14 +36,9 @@ def run(args: argparse.Namespace) -> int:
     from kssgan_hpc.data.shards import ShardError
 
     flags = [f"{k}={getattr(args, k)}" for k in FLAG_KEYS if getattr(args, k) is not None]
-    try:
-        cfg = load_config(PrepConfig, args.config, [*flags, *args.overrides], section="prep")
-    except ConfigError as err:
-        print(f"kssgan prep: error: {err}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        print(dump_yaml(cfg), end="")
-        return 0
+    cfg, code = resolve_config("prep", PrepConfig, args, "prep", [*flags, *args.overrides])
+    if cfg is None:
+        return code
     setup_logging()
     try:
         result = run_prep(cfg, part=args.part, parts=args.parts, merge=args.merge,

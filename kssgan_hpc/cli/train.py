@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kssgan_hpc.config import ConfigError, dump_yaml, load_config
+from kssgan_hpc.cli.common import resolve_config
+from kssgan_hpc.config import ConfigError
 from kssgan_hpc.config.train import GanConfig, SiameseConfig
 
 STAGES = {"siamese": SiameseConfig, "gan": GanConfig}
@@ -30,14 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from kssgan_hpc.engine import EngineError
     from kssgan_hpc.train.run import TrainingStopped
 
-    try:
-        cfg = load_config(STAGES[args.stage], args.config, args.overrides, section=args.stage)
-    except ConfigError as err:
-        print(f"kssgan train: error: {err}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        print(dump_yaml(cfg), end="")
-        return 0
+    cfg, code = resolve_config("train", STAGES[args.stage], args, args.stage)
+    if cfg is None:
+        return code
     try:
         if args.stage == "siamese":
             from kssgan_hpc.train.siamese import train_siamese
