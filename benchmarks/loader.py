@@ -10,9 +10,7 @@ Prints a table and writes benchmarks/results/loader.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, get_worker_info  # noqa: E402
 
 from data_prep.prep import run_prep  # noqa: E402
+from report import write_report  # noqa: E402
 from kssgan_hpc.config import PrepConfig, load_config  # noqa: E402
 from kssgan_hpc.data.dataset import FaceBatch, FaceShards, collate_faces  # noqa: E402
 
@@ -117,11 +116,7 @@ def main() -> None:
             print(f"{resolution:5d}px  shards {row['hdf5_shards']:8.1f} img/s  png {row['png_folder']:7.1f} img/s  "
                   f"memory {row['in_memory']:8.1f} img/s  shards/png {row['shards_vs_png']:5.2f}x  "
                   f"shards/memory {row['shards_vs_memory']:.0%}", flush=True)
-    report = {"benchmark": "loader", "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
-              "cpus": os.cpu_count(), "torch": torch.__version__, "results": results}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, "loader", results=results)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,11 @@ Prints images/s per worker count and the speed-up, writes benchmarks/results/pre
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
-from pathlib import Path
 
 from data_prep.prep import run_prep
+from report import write_report
 from kssgan_hpc.config import load_config, PrepConfig
 
 
@@ -45,11 +42,7 @@ def main() -> None:
     for row in rows:
         row["speedup"] = round(row["images_per_s"] / base, 2)
     print("speed-up: " + ", ".join(f"{r['workers']} workers {r['speedup']}x" for r in rows))
-    report = {"benchmark": "prep", "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
-              "cpus": os.cpu_count(), "resolution": args.resolution, "results": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, "prep", resolution=args.resolution, results=rows)
 
 
 if __name__ == "__main__":

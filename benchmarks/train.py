@@ -18,16 +18,15 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from data_prep.prep import run_prep
+from report import write_report
 from kssgan_hpc.config import PrepConfig, load_config
 
 WIDTHS = ["model.generator_width=16", "model.discriminator_width=16", "model.max_width=128"]
@@ -101,13 +100,9 @@ def main() -> None:
         ratios.append(entry)
         print(f"{resolution}px {backend}: " + ", ".join(f"{k} {v}x" for k, v in entry.items() if "_vs_" in k))
     cpu_flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    report = {"benchmark": "train", "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
-              "cpus": os.cpu_count(), "cpu_bf16": "avx512_bf16" in cpu_flags or "amx_bf16" in cpu_flags,
-              "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-              "torch": torch.__version__, "batch_size_per_rank": args.batch_size, "rows": rows, "ratios": ratios}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, "train", cpu_bf16="avx512_bf16" in cpu_flags or "amx_bf16" in cpu_flags,
+                 gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                 batch_size_per_rank=args.batch_size, rows=rows, ratios=ratios)
 
 
 if __name__ == "__main__":

@@ -25,16 +25,15 @@ from kssgan_hpc.engine.base import all_reduce
 from kssgan_hpc.ksame.build import load_clusters, load_siamese
 from kssgan_hpc.models import Discriminator, Generator
 from kssgan_hpc.train.run import (
-    EXIT_DIVERGED,
-    EXIT_PREEMPTED,
     Run,
+    batches_forever,
+    check_data_matches,
     image_grid,
-    peak_memory_mb,
+    loader_worker_init,
     seed_everything,
     to_uint8,
     to_unit,
 )
-from kssgan_hpc.train.siamese import _worker_init, check_data_matches
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +103,10 @@ def train_gan(cfg: GanConfig) -> Path:
             sampler.load_state_dict(resumed.sampler)
             ema.load_state_dict(resumed.extra["ema_g"])
         loader = DataLoader(data, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                            collate_fn=collate_faces, worker_init_fn=_worker_init, drop_last=True)
+                            collate_fn=collate_faces, worker_init_fn=loader_worker_init, drop_last=True)
+        batches = batches_forever(loader, sampler, consumed, count=lambda batch: len(batch[0]))  # counts samples
         d_plain = engine.unwrap("d")
         tick, images_seen = time.perf_counter(), 0
-        window: list[tuple[torch.Tensor, dict]] = []  # the micro-batches of one accumulation window
 
         def d_micro(real: torch.Tensor, target_in: torch.Tensor, expression: torch.Tensor, r1_step: bool) -> dict:
             """D's losses on one micro-batch, backward included (inside engine.micro_batch)."""
@@ -166,88 +165,58 @@ def train_gan(cfg: GanConfig) -> Path:
                     "identity/cos_to_source": to_source.mean().item()}
 
         while step < cfg.steps:
-            for images, labels in loader:
-                consumed += len(images)
+            # Phases as in StyleGAN: D over every micro-batch of the window, one update; then G.
+            window = []
+            for _ in range(cfg.engine.accumulate):
+                (images, labels), consumed = next(batches)
                 images_seen += len(images)
-                window.append((images, labels))
-                if len(window) < cfg.engine.accumulate:
-                    continue
-                # Phases as in StyleGAN: D over every micro-batch of the window, one update; then G.
-                batches = []
-                for images, labels in window:
-                    _, target = table.lookup(labels["identity"], cfg.data)
-                    batches.append((engine.cast(to_unit(images).to(engine.device)), target, engine.cast(target),
-                                    labels["expression"].to(engine.device)))
-                window = []
-                r1_step = cfg.r1_gamma > 0 and step % cfg.r1_every == 0
-                d_stats, g_stats = [], []
-                for real, _, target_in, expression in batches:
-                    with engine.micro_batch("d"):
-                        d_stats.append(d_micro(real, target_in, expression, r1_step))
-                    d_applied = engine.step("d", skip=not any(x["ok"] for x in d_stats))
-                d_plain.requires_grad_(False)
-                for real, target, target_in, expression in batches:
-                    with engine.micro_batch("g"):
-                        g_stats.append(g_micro(real, target, target_in, expression))
-                    g_applied = engine.step("g", skip=not any(x["ok"] for x in g_stats))
-                d_plain.requires_grad_(True)
-                stats = {k: float(np.mean([x[k] for x in d_stats])) for k in d_stats[0] if k != "ok"}
-                stats.update({k: float(np.mean([x[k] for x in g_stats])) for k in g_stats[0] if k != "ok"})
-                if not all(x["ok"] for x in d_stats + g_stats):
-                    log.warning("step %d: non-finite loss on some rank, its gradients dropped on all ranks", step + 1)
-                for name, ok, applied in (("d", any(x["ok"] for x in d_stats), d_applied),
-                                          ("g", any(x["ok"] for x in g_stats), g_applied)):
-                    if ok and not applied:  # the engine saw inf/NaN gradients (fp16 overflow) on every rank
-                        log.warning("step %d: %s gradient overflow, step skipped; loss scale now %s",
-                                    step + 1, name.upper(), engine.loss_scale(name))
-                if g_applied:
-                    # Ramped decay: early on the average follows G closely instead of its random init.
-                    _update_ema(ema, engine.unwrap("g"), min(cfg.ema_decay, (1 + step) / (10 + step)))
-                step += 1
-                real, target = batches[-1][0], batches[-1][1]
+                _, target = table.lookup(labels["identity"], cfg.data)
+                window.append((engine.cast(to_unit(images).to(engine.device)), target, engine.cast(target),
+                               labels["expression"].to(engine.device)))
+            r1_step = cfg.r1_gamma > 0 and step % cfg.r1_every == 0
+            d_stats, g_stats = [], []
+            for real, _, target_in, expression in window:
+                with engine.micro_batch("d"):
+                    d_stats.append(d_micro(real, target_in, expression, r1_step))
+                d_applied = engine.step("d", skip=not any(x["ok"] for x in d_stats))
+            d_plain.requires_grad_(False)
+            for real, target, target_in, expression in window:
+                with engine.micro_batch("g"):
+                    g_stats.append(g_micro(real, target, target_in, expression))
+                g_applied = engine.step("g", skip=not any(x["ok"] for x in g_stats))
+            d_plain.requires_grad_(True)
+            stats = {k: float(np.mean([x[k] for x in d_stats])) for k in d_stats[0] if k != "ok"}
+            stats.update({k: float(np.mean([x[k] for x in g_stats])) for k in g_stats[0] if k != "ok"})
+            if not all(x["ok"] for x in d_stats + g_stats):
+                log.warning("step %d: non-finite loss on some rank, its gradients dropped on all ranks", step + 1)
+            for name, ok, applied in (("d", any(x["ok"] for x in d_stats), d_applied),
+                                      ("g", any(x["ok"] for x in g_stats), g_applied)):
+                if ok and not applied:  # the engine saw inf/NaN gradients (fp16 overflow) on every rank
+                    log.warning("step %d: %s gradient overflow, step skipped; loss scale now %s",
+                                step + 1, name.upper(), engine.loss_scale(name))
+            if g_applied:
+                # Ramped decay: early on the average follows G closely instead of its random init.
+                _update_ema(ema, engine.unwrap("g"), min(cfg.ema_decay, (1 + step) / (10 + step)))
+            step += 1
 
-                # ---------------------------------------------------------------- logging
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    elapsed = time.perf_counter() - tick
-                    metrics = all_reduce({
-                        **stats, "grad_norm/g": engine.grad_norm("g"), "grad_norm/d": engine.grad_norm("d"),
-                        "skipped/g": 0.0 if g_applied else 1.0, "skipped/d": 0.0 if d_applied else 1.0,
-                    })
-                    speed = images_seen / elapsed
-                    metrics["memory/peak_mb"] = all_reduce({"m": peak_memory_mb(engine.device)}, op="max")["m"]
-                    metrics.update({"speed/images_per_s_rank": speed, "lr/g": cfg.lr_g, "lr/d": cfg.lr_d,
-                                    "speed/images_per_s_total": all_reduce({"s": speed}, op="sum")["s"]})
-                    for name in ("g", "d"):
-                        scale = engine.loss_scale(name)
-                        if scale is not None:
-                            metrics[f"loss_scale/{name}"] = scale
-                    run.log_scalars(step, metrics)
-                    log.info("step %d/%d  G %.3f  D %.3f  cos(surrogate) %.3f  cos(source) %.3f", step, cfg.steps,
-                             metrics["loss/g_total"], metrics["loss/d_total"],
-                             metrics["identity/cos_to_surrogate"], metrics["identity/cos_to_source"])
-                    tick, images_seen = time.perf_counter(), 0
-                if engine.is_main and (step % cfg.image_every == 0 or step == cfg.steps):
-                    _log_images(run, cfg, step, ema, siamese, real, target, labels, table, pixel_faces)
-
-                # ---------------------------------------------------------------- checkpoints
-                scales = {n: engine.loss_scale(n) for n in ("g", "d")}
-                collapsed = [n for n, s in scales.items() if s is not None and s < cfg.engine.min_loss_scale]
-                stop = run.stop_requested()
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop or collapsed:
-                    run.save_checkpoint(step, sampler=sampler.state_dict(consumed), models=("g", "d"),
-                                        extra={"ema_g": ema.state_dict()})
-                if collapsed:
-                    raise run.stop(
-                        f"fp16 loss scale of {', '.join(collapsed)} fell below engine.min_loss_scale="
-                        f"{cfg.engine.min_loss_scale} at step {step}: training diverged (checkpoint written). "
-                        "Lower the learning rates, or use engine.precision=bf16", EXIT_DIVERGED)
-                if stop:
-                    raise run.stop(f"stopped by signal at step {step}; checkpoint written", EXIT_PREEMPTED)
-                if step >= cfg.steps:
-                    break
-            else:
-                sampler.set_epoch(sampler.epoch + 1)
-                consumed = 0
+            # -------------------------------------------------------------------- logging, checkpoints
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                metrics = all_reduce({
+                    **stats, "grad_norm/g": engine.grad_norm("g"), "grad_norm/d": engine.grad_norm("d"),
+                    "skipped/g": 0.0 if g_applied else 1.0, "skipped/d": 0.0 if d_applied else 1.0,
+                })
+                metrics.update(run.throughput(images_seen, time.perf_counter() - tick, ("g", "d")),
+                               **{"lr/g": cfg.lr_g, "lr/d": cfg.lr_d})
+                run.log_scalars(step, metrics)
+                log.info("step %d/%d  G %.3f  D %.3f  cos(surrogate) %.3f  cos(source) %.3f", step, cfg.steps,
+                         metrics["loss/g_total"], metrics["loss/d_total"],
+                         metrics["identity/cos_to_surrogate"], metrics["identity/cos_to_source"])
+                tick, images_seen = time.perf_counter(), 0
+            if engine.is_main and (step % cfg.image_every == 0 or step == cfg.steps):
+                real, target = window[-1][0], window[-1][1]
+                _log_images(run, cfg, step, ema, siamese, real, target, labels, table, pixel_faces)
+            run.end_step(step, sampler=sampler.state_dict(consumed), models=("g", "d"),
+                         extra=lambda: {"ema_g": ema.state_dict()})
         return run.out
     finally:
         run.close()

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -30,7 +31,8 @@ from safetensors.torch import load_file, save_file
 from torch.utils.tensorboard import SummaryWriter
 
 from kssgan_hpc.config import dump_yaml
-from kssgan_hpc.config.train import LoopConfig
+from kssgan_hpc.config.core import ConfigError
+from kssgan_hpc.config.train import LoopConfig, ModelConfig
 from kssgan_hpc.data.shards import atomic_write_text
 from kssgan_hpc.engine.base import Engine, all_reduce, barrier, build_engine, replicas_identical
 from kssgan_hpc.logs import setup_logging
@@ -78,6 +80,30 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def batches_forever(loader: Any, sampler: Any, consumed: int,
+                    count: Callable[[Any], int]) -> Iterator[tuple[Any, int]]:
+    """Yield (batch, position in the epoch after it) forever; each time the loader runs dry, move the
+    sampler to its next epoch. `count(batch)` is what the sampler's position counts (samples or batches)."""
+    while True:
+        for batch in loader:
+            consumed += count(batch)
+            yield batch, consumed
+        sampler.set_epoch(sampler.epoch + 1)
+        consumed = 0
+
+
+def loader_worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def check_data_matches(data: Any, model: ModelConfig, source: str) -> None:
+    if data.resolution != model.resolution or data.channels != model.channels:
+        raise ConfigError(
+            f"{source}: data is {data.resolution}px x{data.channels}, model.resolution={model.resolution} "
+            f"model.channels={model.channels}; set model.resolution={data.resolution} model.channels={data.channels}"
+        )
 
 
 def seed_everything(seed: int) -> None:
@@ -139,6 +165,35 @@ class Run:
             self.tb.add_scalar(key, value, step)
         with open(self.out / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps({"step": step, **{k: round(float(v), 6) for k, v in values.items()}}) + "\n")
+
+    def throughput(self, images: int, seconds: float, models: tuple[str, ...]) -> dict[str, float]:
+        """Collective: images/s of this rank and of all, peak memory, and each model's fp16 loss scale."""
+        speed = images / seconds
+        values = {"speed/images_per_s_rank": speed,
+                  "speed/images_per_s_total": all_reduce({"s": speed}, op="sum")["s"],
+                  "memory/peak_mb": all_reduce({"m": peak_memory_mb(self.engine.device)}, op="max")["m"]}
+        for name in models:
+            scale = self.engine.loss_scale(name)
+            if scale is not None:
+                values[f"loss_scale/{name}"] = scale
+        return values
+
+    def end_step(self, step: int, *, sampler: dict[str, int], models: tuple[str, ...],
+                 extra: Callable[[], dict[str, dict[str, torch.Tensor]]] | None = None) -> None:
+        """Collective, at every step boundary: checkpoint when due, when a rank was signalled or when an
+        fp16 loss scale collapsed; then stop the run (TrainingStopped) in those two cases."""
+        scales = {n: self.engine.loss_scale(n) for n in models}
+        collapsed = [n for n, s in scales.items() if s is not None and s < self.cfg.engine.min_loss_scale]
+        stop = self.stop_requested()
+        if step % self.cfg.checkpoint_every == 0 or step == self.cfg.steps or stop or collapsed:
+            self.save_checkpoint(step, sampler=sampler, models=models, extra=extra() if extra else None)
+        if collapsed:
+            raise self.stop(
+                f"fp16 loss scale of {', '.join(collapsed)} fell below engine.min_loss_scale="
+                f"{self.cfg.engine.min_loss_scale} at step {step}: training diverged (checkpoint written). "
+                "Lower the learning rates, or use engine.precision=bf16", EXIT_DIVERGED)
+        if stop:
+            raise self.stop(f"stopped by signal at step {step}; checkpoint written", EXIT_PREEMPTED)
 
     # ------------------------------------------------------------------ signals
     def _on_signal(self, signum: int, frame: Any) -> None:

@@ -10,13 +10,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from kssgan_hpc.config.core import ConfigError
-from kssgan_hpc.config.train import ModelConfig, SiameseConfig
+from kssgan_hpc.config.train import SiameseConfig
 from kssgan_hpc.data.dataset import FaceShards, collate_faces
 from kssgan_hpc.data.samplers import IdentityBalancedBatchSampler
 from kssgan_hpc.engine.base import all_reduce, barrier
 from kssgan_hpc.models import SiameseEncoder
-from kssgan_hpc.train.run import EXIT_PREEMPTED, Run, peak_memory_mb, seed_everything, to_unit
+from kssgan_hpc.train.run import (
+    Run,
+    batches_forever,
+    check_data_matches,
+    loader_worker_init,
+    seed_everything,
+    to_unit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +73,6 @@ def verification_metrics(similarity: np.ndarray, same: np.ndarray) -> dict[str, 
             "val/eer": float((false_accept[eer_index] + false_reject[eer_index]) / 2)}
 
 
-def check_data_matches(data: FaceShards, model: ModelConfig, source: str) -> None:
-    if data.resolution != model.resolution or data.channels != model.channels:
-        raise ConfigError(
-            f"{source}: data is {data.resolution}px x{data.channels}, model.resolution={model.resolution} "
-            f"model.channels={model.channels}; set model.resolution={data.resolution} model.channels={data.channels}"
-        )
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
-
-
 def train_siamese(cfg: SiameseConfig) -> Path:
     """Train (or resume) the Siamese encoder; returns the run folder."""
     run = Run(cfg, "siamese")
@@ -100,62 +94,42 @@ def train_siamese(cfg: SiameseConfig) -> Path:
             step, consumed = resumed.step, resumed.sampler["consumed"]
             sampler.load_state_dict(resumed.sampler)
         loader = DataLoader(train, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate_faces,
-                            worker_init_fn=_worker_init)
+                            worker_init_fn=loader_worker_init)
+        batches = batches_forever(loader, sampler, consumed, count=lambda batch: 1)  # the sampler counts batches
         tick, images_seen = time.perf_counter(), 0
         window_finite = False  # any finite micro-batch in the current accumulation window
         while step < cfg.steps:
-            for images, labels in loader:
-                x = engine.cast(to_unit(images).to(engine.device))
-                consumed += 1
-                with engine.micro_batch("siamese"):
-                    with engine.autocast():
-                        embeddings = engine.model("siamese")(x)
-                    loss, stats = contrastive_loss(embeddings.float(), labels["identity"].to(engine.device),
-                                                   cfg.margin)
-                    finite = run.all_finite(loss, step + 1)
-                    if finite:
-                        engine.backward("siamese", loss)
-                    else:  # this micro-batch adds nothing, on every rank
-                        engine.zero_backward("siamese")
-                        log.warning("step %d: non-finite loss on some rank, its gradients dropped on all ranks",
-                                    step + 1)
-                images_seen += len(images)
-                window_finite = window_finite or finite
-                applied = engine.step("siamese", skip=not window_finite)
-                if applied is None:
-                    continue  # inside a gradient accumulation window
-                window_finite = False
-                step += 1
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    elapsed = time.perf_counter() - tick
-                    metrics = all_reduce({"loss/contrastive": loss.item(), **stats,
-                                          "grad_norm": engine.grad_norm("siamese"),
-                                          "skipped": 0.0 if applied else 1.0})
-                    speed = images_seen / elapsed
-                    metrics["memory/peak_mb"] = all_reduce({"m": peak_memory_mb(engine.device)}, op="max")["m"]
-                    metrics.update({"speed/images_per_s_rank": speed,
-                                    "speed/images_per_s_total": all_reduce({"s": speed}, op="sum")["s"],
-                                    "lr": cfg.lr})
-                    scale = engine.loss_scale("siamese")
-                    if scale is not None:
-                        metrics["loss_scale"] = scale
-                    run.log_scalars(step, metrics)
-                    log.info("step %d/%d loss %.4f", step, cfg.steps, metrics["loss/contrastive"])
-                    tick, images_seen = time.perf_counter(), 0
-                if step % cfg.eval_every == 0 or step == cfg.steps:
-                    if engine.is_main and len(val):
-                        run.log_scalars(step, verification(engine.unwrap("siamese"), val, engine.device))
-                    barrier()
-                stop = run.stop_requested()
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
-                    run.save_checkpoint(step, sampler=sampler.state_dict(consumed), models=("siamese",))
-                if stop:
-                    raise run.stop(f"stopped by signal at step {step}; checkpoint written", EXIT_PREEMPTED)
-                if step >= cfg.steps:
-                    break
-            else:
-                sampler.set_epoch(sampler.epoch + 1)
-                consumed = 0
+            (images, labels), consumed = next(batches)
+            x = engine.cast(to_unit(images).to(engine.device))
+            with engine.micro_batch("siamese"):
+                with engine.autocast():
+                    embeddings = engine.model("siamese")(x)
+                loss, stats = contrastive_loss(embeddings.float(), labels["identity"].to(engine.device), cfg.margin)
+                finite = run.all_finite(loss, step + 1)
+                if finite:
+                    engine.backward("siamese", loss)
+                else:  # this micro-batch adds nothing, on every rank
+                    engine.zero_backward("siamese")
+                    log.warning("step %d: non-finite loss on some rank, its gradients dropped on all ranks", step + 1)
+            images_seen += len(images)
+            window_finite = window_finite or finite
+            applied = engine.step("siamese", skip=not window_finite)
+            if applied is None:
+                continue  # inside a gradient accumulation window
+            window_finite = False
+            step += 1
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                metrics = all_reduce({"loss/contrastive": loss.item(), **stats,
+                                      "grad_norm": engine.grad_norm("siamese"), "skipped": 0.0 if applied else 1.0})
+                metrics.update(run.throughput(images_seen, time.perf_counter() - tick, ("siamese",)), lr=cfg.lr)
+                run.log_scalars(step, metrics)
+                log.info("step %d/%d loss %.4f", step, cfg.steps, metrics["loss/contrastive"])
+                tick, images_seen = time.perf_counter(), 0
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                if engine.is_main and len(val):
+                    run.log_scalars(step, verification(engine.unwrap("siamese"), val, engine.device))
+                barrier()
+            run.end_step(step, sampler=sampler.state_dict(consumed), models=("siamese",))
         return run.out
     finally:
         run.close()
