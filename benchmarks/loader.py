@@ -57,7 +57,7 @@ class InMemory(Dataset):
         if get_worker_info() is not None:
             batch.share_memory_()
         np.take(self.images, indices, axis=0, out=batch.numpy())
-        return FaceBatch(batch.permute(0, 3, 1, 2), {"index": torch.as_tensor(indices)})
+        return FaceBatch(batch.permute(0, 3, 1, 2), {"index": np.asarray(indices)})
 
 
 def _worker_init(_: int) -> None:

@@ -21,10 +21,12 @@ class FaceBatch(list):
     """A batch read by FaceShards.__getitems__: a list of `(image, labels)` samples (what any collate_fn
     expects) that also carries the batch already collated in `.images` / `.labels`."""
 
-    def __init__(self, images: torch.Tensor, labels: dict[str, torch.Tensor]) -> None:
+    def __init__(self, images: torch.Tensor, labels: dict[str, np.ndarray]) -> None:
+        # Per-sample views come from the numpy rows (cheap); the collated labels share their memory.
         per_sample = [{name: value[i] for name, value in labels.items()} for i in range(len(images))]
         super().__init__(zip(images, per_sample))
-        self.images, self.labels = images, labels
+        self.images = images
+        self.labels = {name: torch.from_numpy(value) for name, value in labels.items()}
 
 
 def collate_faces(batch: Any) -> Any:
@@ -104,8 +106,8 @@ class FaceShards(Dataset):
         for row, i in enumerate(index.tolist()):
             shard = bisect.bisect_right(self.offsets, i) - 1
             self._read_image(shard, i - self.offsets[shard], out=buffer[row])
-        labels = {name: torch.from_numpy(self.labels[name][index].astype(np.int64)) for name in LABELS}
-        labels["index"] = torch.from_numpy(index)
+        labels = {name: self.labels[name][index].astype(np.int64) for name in LABELS}
+        labels["index"] = index
         return FaceBatch(images.permute(0, 3, 1, 2), labels)
 
     def _read_image(self, shard: int, local: int, out: np.ndarray | None = None) -> np.ndarray:
