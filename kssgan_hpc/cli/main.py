@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from kssgan_hpc import __version__
-from kssgan_hpc.cli import cluster, inspect, prep, train
+from kssgan_hpc.cli import cluster, inspect, prep, submit, train
 
-STAGES = {"prep": prep, "inspect": inspect, "train": train, "cluster": cluster}
+STAGES = {"prep": prep, "inspect": inspect, "train": train, "cluster": cluster, "submit": submit}
 
 
 def main(argv: list[str] | None = None) -> int:

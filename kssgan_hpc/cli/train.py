@@ -1,6 +1,6 @@
 """`kssgan train siamese|gan`: one process, or one per rank under `torchrun --nproc_per_node N`.
 
-Exit codes: 0 done; 2 bad config; 75 stopped by SIGUSR1/SIGTERM after writing a checkpoint
+Exit codes: 0 done; 2 bad config; 75 stopped by SIGUSR1/SIGUSR2/SIGTERM after writing a checkpoint
 (requeue and rerun the same command: resume=auto continues); 65 fp16 loss scale collapsed
 (checkpoint written).
 """

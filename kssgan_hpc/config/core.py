@@ -133,6 +133,11 @@ def _coerce(hint: Any, value: Any, origin: str, key: str) -> Any:
         if value not in args:
             raise ConfigError(f"{origin}: {key}={value!r} is invalid; use one of {', '.join(map(repr, args))}")
         return value
+    if org is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{origin}: {key} must be a mapping, got {value!r}")
+        inner = args[1] if args else Any
+        return {str(k): _coerce(inner, v, origin, f"{key}.{k}") for k, v in value.items()}
     if org in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{origin}: {key} must be a list, got {value!r}")

@@ -3,7 +3,8 @@
 Sources, in order: torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT — also what a
 torchrun started by srun sees), Slurm tasks (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, the first
 host of SLURM_JOB_NODELIST as master, a port derived from SLURM_JOB_ID so jobs sharing a node do
-not collide; submitit's tasks are Slurm tasks), else one plain process. A variable that is
+not collide), submitit's JobEnvironment (its Slurm executor's tasks are Slurm tasks; its local executor
+sets SUBMITIT_LOCAL_* for each task on this host), else one plain process. A variable that is
 missing from an otherwise complete set, or values that contradict each other, are an error that
 names them: never a silent single-process run.
 """
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 SLURM_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST", "SLURM_JOB_ID")
+SUBMITIT_LOCAL_VARS = ("SUBMITIT_LOCAL_GLOBALID", "SUBMITIT_LOCAL_NTASKS", "SUBMITIT_LOCAL_LOCALID",
+                       "SUBMITIT_LOCAL_JOB_ID")
 PORT_BASE, PORT_RANGE = 20000, 20000
 
 
@@ -32,7 +35,7 @@ class DistEnv:
     master_addr: str
     master_port: int
     source: str
-    """torchrun, slurm or single."""
+    """torchrun, slurm, submitit-local or single."""
 
     def backend(self, cuda: bool) -> str:
         return "nccl" if cuda else "gloo"
@@ -80,6 +83,18 @@ def distributed_env(env: Mapping[str, str] | None = None) -> DistEnv:
         if not 0 <= n["RANK"] < n["WORLD_SIZE"] or not 0 <= n["LOCAL_RANK"] < n["WORLD_SIZE"]:
             raise LaunchError(f"RANK={n['RANK']} LOCAL_RANK={n['LOCAL_RANK']} do not fit WORLD_SIZE={n['WORLD_SIZE']}")
         return DistEnv(n["RANK"], n["LOCAL_RANK"], n["WORLD_SIZE"], env["MASTER_ADDR"], n["MASTER_PORT"], "torchrun")
+    # Before Slurm: a local submitit job started inside an allocation (a sweep driver's trials) also
+    # inherits the allocation's SLURM_* variables, which describe the driver, not the trial.
+    if "SUBMITIT_LOCAL_GLOBALID" in env:
+        missing = [v for v in SUBMITIT_LOCAL_VARS if v not in env]
+        if missing:
+            raise LaunchError(f"submitit local task variables incomplete: {', '.join(missing)} missing")
+        n = _ints(env, SUBMITIT_LOCAL_VARS)
+        rank, world = n["SUBMITIT_LOCAL_GLOBALID"], n["SUBMITIT_LOCAL_NTASKS"]
+        if not 0 <= rank < world:
+            raise LaunchError(f"SUBMITIT_LOCAL_GLOBALID={rank} does not fit SUBMITIT_LOCAL_NTASKS={world}")
+        port = PORT_BASE + n["SUBMITIT_LOCAL_JOB_ID"] % PORT_RANGE
+        return DistEnv(rank, n["SUBMITIT_LOCAL_LOCALID"], world, "127.0.0.1", port, "submitit-local")
     if "SLURM_PROCID" in env:
         missing = [v for v in SLURM_VARS if v not in env]
         if missing:
@@ -96,7 +111,7 @@ def distributed_env(env: Mapping[str, str] | None = None) -> DistEnv:
 def apply_distributed_env(env: DistEnv | None = None) -> DistEnv:
     """Export the settings as torchrun would, so Accelerate and DeepSpeed initialise from env://."""
     env = distributed_env() if env is None else env
-    if env.source == "slurm":
+    if env.source in ("slurm", "submitit-local"):
         os.environ.update(RANK=str(env.rank), LOCAL_RANK=str(env.local_rank), WORLD_SIZE=str(env.world_size),
                           MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port))
     return env

@@ -40,15 +40,20 @@ from kssgan_hpc.logs import setup_logging
 log = logging.getLogger(__name__)
 
 EXIT_PREEMPTED = 75
-"""Exit code after a SIGUSR1/SIGTERM: the checkpoint is written, requeue and rerun with resume=auto."""
+"""Exit code after a stop signal: the checkpoint is written, requeue and rerun with resume=auto."""
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+"""Checkpoint and stop at the next step boundary. USR2 is what submitit asks Slurm to send before a
+time limit (`--signal=USR2@delay`); USR1 and TERM what sbatch scripts and preemption send."""
 EXIT_DIVERGED = 65
 """Exit code when the fp16 loss scale collapsed: a checkpoint is written, the run needs attention."""
 
 
 class TrainingStopped(Exception):
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_code: int, signal_name: str | None = None) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.signal_name = signal_name
+        """The stop signal this rank received (None: another rank's, or no signal)."""
 
 
 @dataclass
@@ -134,7 +139,7 @@ class Run:
         # Test hook: KSSGAN_INJECT_NAN="<step>,<rank>" makes that rank's losses NaN at that step.
         inject = os.environ.get("KSSGAN_INJECT_NAN")
         self._inject_nan = tuple(int(v) for v in inject.split(",")) if inject else None
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_signal)
 
     # ------------------------------------------------------------------ records
@@ -200,14 +205,14 @@ class Run:
         self._stop_signal = signal.Signals(signum).name
 
     def stop_requested(self) -> bool:
-        """True on every rank when any rank got SIGUSR1/SIGTERM (checked at step boundaries)."""
+        """True on every rank when any rank got a stop signal (checked at step boundaries)."""
         flag = all_reduce({"stop": 1.0 if self._stop_signal else 0.0}, op="max")["stop"]
         return flag > 0
 
     def stop(self, message: str, exit_code: int) -> TrainingStopped:
         """Log why the run stops (into the run's log) and build the exception that carries the exit code."""
         log.warning("%s (exit code %d)", message, exit_code)
-        return TrainingStopped(message, exit_code)
+        return TrainingStopped(message, exit_code, self._stop_signal)
 
     def all_finite(self, loss: torch.Tensor, step: int) -> bool:
         """True on every rank only if the loss is finite on every rank: a NaN anywhere skips the step everywhere."""

@@ -7,6 +7,8 @@ from kssgan_hpc.launch import LaunchError, distributed_env, expand_hostlist
 TORCHRUN = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "node1", "MASTER_PORT": "29400"}
 SLURM = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[07-08,11]",
          "SLURM_JOB_ID": "123456"}
+LOCAL = {"SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_LOCALID": "1",
+         "SUBMITIT_LOCAL_JOB_ID": "4242"}
 
 
 def test_hostlists() -> None:
@@ -29,6 +31,13 @@ def test_slurm_tasks() -> None:
     assert env.backend(cuda=False) == "gloo" and env.backend(cuda=True) == "nccl"
 
 
+def test_submitit_local_tasks_win_over_the_enclosing_allocation() -> None:
+    env = distributed_env({**SLURM, **LOCAL})  # a sweep driver's local trial inside its own Slurm job
+    assert (env.rank, env.local_rank, env.world_size, env.master_addr, env.source) == (
+        1, 1, 2, "127.0.0.1", "submitit-local")
+    assert env.master_port != distributed_env({**LOCAL, "SUBMITIT_LOCAL_JOB_ID": "4243"}).master_port
+
+
 def test_plain_process() -> None:
     assert distributed_env({}).source == "single"
 
@@ -39,6 +48,8 @@ def test_plain_process() -> None:
     ({**TORCHRUN, "WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not an integer"),
     ({k: v for k, v in SLURM.items() if k != "SLURM_NTASKS"}, "SLURM_NTASKS missing"),
     ({**SLURM, "SLURM_PROCID": "9"}, "SLURM_PROCID=9 does not fit SLURM_NTASKS=8"),
+    ({k: v for k, v in LOCAL.items() if k != "SUBMITIT_LOCAL_JOB_ID"}, "SUBMITIT_LOCAL_JOB_ID missing"),
+    ({**LOCAL, "SUBMITIT_LOCAL_GLOBALID": "2"}, "SUBMITIT_LOCAL_GLOBALID=2 does not fit SUBMITIT_LOCAL_NTASKS=2"),
 ])
 def test_incomplete_or_contradictory_is_an_error(env: dict, fragment: str) -> None:
     with pytest.raises(LaunchError, match=fragment):

@@ -1,0 +1,91 @@
+"""submitit jobs: an executor from a JobConfig, and training as a checkpointable, self-requeueing job.
+
+The only place (with sweep trials) that imports submitit. A training job runs `train_siamese` or
+`train_gan` in each task (one task per rank); launch.env turns the task's Slurm or submitit
+variables into torch.distributed settings.
+
+Requeue: submitit asks Slurm for USR2 `signal_delay_s` before the time limit. The training loop's
+own handler takes that signal (it replaces submitit's while training runs): every rank checkpoints
+at the next step boundary, then rank 0 hands over to submitit's handler, which pickles
+`TrainTask.checkpoint()` (the same task; resume=auto continues from the checkpoint just written)
+and runs `scontrol requeue`. Preemption (SIGTERM) checkpoints too; Slurm requeues preempted jobs
+itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from kssgan_hpc.config import from_dict
+from kssgan_hpc.config.launch import JobConfig
+from kssgan_hpc.config.train import GanConfig, SiameseConfig
+from kssgan_hpc.launch.env import apply_distributed_env
+
+log = logging.getLogger(__name__)
+
+TRAIN_STAGES = {"siamese": SiameseConfig, "gan": GanConfig}
+
+
+def make_executor(job: JobConfig, folder: str | Path | None = None) -> submitit.Executor:
+    """A submitit executor for `job.executor` with the job's resources (unset ones left to Slurm)."""
+    executor = submitit.AutoExecutor(folder=Path(folder or job.folder) / "%j", cluster=job.executor,
+                                     slurm_max_num_timeout=job.max_requeues)
+    extra = dict(job.slurm_extra)
+    if job.account:
+        extra["account"] = job.account
+    params: dict[str, Any] = {
+        "name": job.name, "nodes": job.nodes, "tasks_per_node": job.tasks_per_node,
+        "cpus_per_task": job.cpus_per_task, "gpus_per_node": job.gpus_per_node, "timeout_min": job.time_min,
+        "slurm_signal_delay_s": job.signal_delay_s,
+        "slurm_partition": job.partition, "slurm_qos": job.qos, "slurm_constraint": job.constraint,
+        "slurm_setup": list(job.setup), "slurm_additional_parameters": extra,
+    }
+    if job.mem_gb:
+        params["mem_gb"] = job.mem_gb
+    if job.executor == "local" and job.setup:
+        params["local_setup"] = list(job.setup)
+    executor.update_parameters(**params)
+    return executor
+
+
+class TrainTask(submitit.helpers.Checkpointable):
+    """One training run as a submitit job; every task is one rank."""
+
+    def __init__(self, stage: str, config: dict[str, Any]) -> None:
+        if stage not in TRAIN_STAGES:
+            raise ValueError(f"unknown training stage {stage!r}; use one of {', '.join(TRAIN_STAGES)}")
+        self.stage = stage
+        self.config = config
+        """The resolved stage config as a dict (resume must be auto for requeues to continue)."""
+
+    def __call__(self) -> str:
+        from kssgan_hpc.train.run import EXIT_PREEMPTED, TrainingStopped
+
+        apply_distributed_env()
+        cfg = from_dict(TRAIN_STAGES[self.stage], self.config, f"{self.stage} job config")
+        requeue_signal = submitit.JobEnvironment._usr_sig()
+        requeue = signal.getsignal(requeue_signal)  # submitit's handler, before the run replaces it
+        try:
+            return str(self._train(cfg))
+        except TrainingStopped as stop:
+            if stop.exit_code != EXIT_PREEMPTED:
+                raise
+            if stop.signal_name == requeue_signal.name and callable(requeue):
+                log.info("checkpoint written; requeueing through submitit")
+                requeue(requeue_signal, None)  # rank 0: pickles checkpoint(), scontrol requeue, exits
+            sys.exit(EXIT_PREEMPTED)  # other ranks, and stops that are not requeued (scancel, preemption)
+
+    def _train(self, cfg: SiameseConfig | GanConfig) -> Path:
+        if self.stage == "siamese":
+            from kssgan_hpc.train.siamese import train_siamese
+
+            return train_siamese(cfg)
+        from kssgan_hpc.train.gan import train_gan
+
+        return train_gan(cfg)

@@ -1,0 +1,55 @@
+"""`kssgan submit train` on the real cluster: a 2-rank job hits its time limit, checkpoints on
+Slurm's USR2, requeues itself, resumes from the checkpoint and finishes the full step count."""
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import kssgan
+from test_slurm_prep import cluster_up, wait_for_jobs
+
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(cluster_up() is not None, reason=str(cluster_up()))]
+
+STEPS = 3000  # USR2 comes 45-60 s into each 2-minute run, after about 2,000 steps here: >= 1 requeue
+
+
+def release_held(job: str) -> bool:
+    """Slurm holds a requeued job for 121 s (BeginTime); start it now. True when it was held."""
+    reason = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True,
+                            timeout=30).stdout.split()
+    if reason[:2] == ["PENDING", "BeginTime"]:
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], timeout=30, check=True)
+        return True
+    return False
+
+
+def test_time_limit_requeue_resumes_to_full_step_count(demo_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = kssgan("submit", "train", "siamese", "--folder", str(tmp_path / "submitit"), "--time-min", "2",
+                  "--signal-delay-s", "60", "--tasks-per-node", "2", "--cpus-per-task", "1", "--max-requeues", "6",
+                  f"data={demo_data}", f"out={out}", f"steps={STEPS}", "p=4", "k=2", "eval_every=100000",
+                  "checkpoint_every=100000", "log_every=50", "model.resolution=32", "model.siamese_width=8",
+                  "model.max_width=32", "workers=0", check=True)
+    job = re.search(r"as job (\d+)", proc.stdout).group(1)
+    assert str(out / "tensorboard") in proc.stdout and f"{job}_0_log.out" in proc.stdout
+    held, deadline = 0, time.monotonic() + 420
+    while time.monotonic() < deadline and subprocess.run(["squeue", "-h", "-j", job], capture_output=True,
+                                                         text=True, timeout=30).stdout.strip():
+        held += release_held(job)
+        time.sleep(1)
+    states = wait_for_jobs([job], records=1, timeout=60)
+    log = (out / "siamese.log").read_text()
+    assert states == {job: "COMPLETED"}, log[-3000:]
+    assert held >= 1 and "requeueing through submitit" in log, log[-3000:]
+    resumed = [int(s) for s in re.findall(r"resumed from .*step-0*(\d+)", log)]
+    assert resumed and all(0 < s < STEPS for s in resumed), log[-3000:]
+    # Every requeue stopped at a checkpoint and the next run went on from exactly there.
+    stops = [int(s) for s in re.findall(r"stopped by signal at step (\d+)", log)]
+    assert stops == resumed, (stops, resumed)
+    assert (out / "checkpoints" / "latest").read_text().strip() == f"step-{STEPS:08d}"
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == STEPS
