@@ -11,7 +11,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from helpers import orl_images, prep_config  # noqa: E402
+from helpers import TINY, kssgan, orl_images, prep_config, torchrun  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -34,4 +34,22 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("demo") / "data"
     run_prep(prep_config("demo", out, images_per_shard=64, workers=2), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def siamese_run(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Siamese trained on 2 ranks for 8 steps."""
+    tmp = tmp_path_factory.mktemp("siamese")
+    out = tmp / "run"
+    torchrun("train", "siamese", f"data={demo_data}", f"out={out}", "steps=8", "p=4", "k=2", "eval_every=4",
+             "log_every=2", *TINY, tmp=tmp)
+    return out
+
+
+@pytest.fixture(scope="session")
+def clusters(demo_data: Path, siamese_run: Path) -> Path:
+    """k=4 clusters of the demo training identities."""
+    out = siamese_run.parent / "clusters.json"
+    kssgan("cluster", f"data={demo_data}", f"siamese={siamese_run}", f"out={out}", "k=4", check=True)
     return out

@@ -14,6 +14,11 @@ from data_prep.sources.demo import demo_root
 from kssgan_hpc.config import PrepConfig, load_config
 
 
+TINY = ["model.resolution=32", "model.siamese_width=8", "model.generator_width=8", "model.discriminator_width=8",
+        "model.max_width=32", "workers=0"]
+"""Models small enough for 2 CPU cores in tests."""
+
+
 def orl_images(identities: int = 40, per_identity: int = 10) -> dict[str, list[Path]]:
     """`s<N>` -> its .pgm files, the first `identities` people, `per_identity` images each."""
     root = demo_root()

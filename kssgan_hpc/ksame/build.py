@@ -62,6 +62,16 @@ def identity_statistics(model: torch.nn.Module, data: FaceShards, batch_size: in
     return ids, emb_mean, face_sum / counts[:, None, None, None]
 
 
+def cluster_dataset(model: torch.nn.Module, data: FaceShards, k: int, *, method: str = "mdav", seed: int = 0,
+                    batch_size: int = 64, device: torch.device | str = "cpu",
+                    ) -> tuple[np.ndarray, list[list[int]], np.ndarray, np.ndarray]:
+    """k-Same over the identities of `data`: (identity ids, clusters as rows of ids, surrogate
+    embedding per cluster, k-Same-Pixel face per cluster)."""
+    ids, embeddings, faces = identity_statistics(model, data, batch_size, device)
+    groups = cluster_identities(embeddings, k, method=method, seed=seed)
+    return ids, groups, surrogate_targets(embeddings, groups), average_faces(faces, groups)
+
+
 def build_clusters(cfg: ClusterConfig) -> dict[str, Any]:
     """Cluster the identities of `cfg.split`; write clusters.json and the k-Same-Pixel faces."""
     model, siamese_cfg = load_siamese(cfg.siamese)
@@ -69,10 +79,8 @@ def build_clusters(cfg: ClusterConfig) -> dict[str, Any]:
     if data.resolution != siamese_cfg.model.resolution:
         raise ValueError(f"{cfg.data} is {data.resolution}px, the Siamese in {cfg.siamese} expects "
                          f"{siamese_cfg.model.resolution}px")
-    ids, embeddings, faces = identity_statistics(model, data, cfg.batch_size)
-    groups = cluster_identities(embeddings, cfg.k, method=cfg.method, seed=cfg.seed)
-    targets = surrogate_targets(embeddings, groups)
-    pixel = average_faces(faces, groups)
+    ids, groups, targets, pixel = cluster_dataset(model, data, cfg.k, method=cfg.method, seed=cfg.seed,
+                                                  batch_size=cfg.batch_size)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     pixel_path = out.with_name(out.stem + "-pixel.safetensors")

@@ -15,7 +15,9 @@ itself.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,19 +56,60 @@ def make_executor(job: JobConfig, folder: str | Path | None = None) -> submitit.
     return executor
 
 
+def attach_job(job: JobConfig, folder: str | Path, job_id: str) -> submitit.Job | None:
+    """A handle on a job that an earlier process submitted (a sweep driver before its crash);
+    None where jobs live only inside their submitter (the debug executor)."""
+    tasks = tuple(range(job.nodes * job.tasks_per_node))
+    if job.executor == "slurm":
+        return submitit.SlurmJob(folder=Path(folder) / "%j", job_id=job_id, tasks=tasks)
+    if job.executor == "local":
+        return submitit.LocalJob(folder=Path(folder) / "%j", job_id=job_id, tasks=tasks)
+    return None
+
+
+def job_status(handle: submitit.Job) -> str:
+    """running (also pending or requeued), done (a result or a final state to read), or gone (the
+    scheduler and the job folder know nothing of it: it never started or its record is lost)."""
+    if isinstance(handle, submitit.LocalJob) and handle._process is None:
+        # Re-attached local job: its controller is not our child; the job id is its pid.
+        pickles = [job.paths.result_pickle for job in (handle._sub_jobs or [handle])]
+        if all(p.exists() for p in pickles):
+            return "done"
+        try:
+            os.kill(int(handle.job_id), 0)
+            return "running"
+        except PermissionError:
+            return "running"
+        except (ProcessLookupError, ValueError):
+            return "done" if any(p.exists() for p in pickles) else "gone"
+    if handle.done():
+        return "done"
+    if isinstance(handle, submitit.SlurmJob) and handle.state.upper() == "UNKNOWN":
+        queued = subprocess.run(["squeue", "-h", "-j", handle.job_id], capture_output=True, text=True, timeout=60)
+        if queued.returncode != 0 or not queued.stdout.strip():
+            return "gone"
+    return "running"
+
+
 class TrainTask(submitit.helpers.Checkpointable):
     """One training run as a submitit job; every task is one rank."""
 
-    def __init__(self, stage: str, config: dict[str, Any]) -> None:
+    def __init__(self, stage: str, config: dict[str, Any], threads: int = 0) -> None:
         if stage not in TRAIN_STAGES:
             raise ValueError(f"unknown training stage {stage!r}; use one of {', '.join(TRAIN_STAGES)}")
         self.stage = stage
         self.config = config
         """The resolved stage config as a dict (resume must be auto for requeues to continue)."""
+        self.threads = threads
+        """torch threads per task (the job's cpus_per_task): without cgroups a task sees every core."""
 
     def __call__(self) -> str:
         from kssgan_hpc.train.run import EXIT_PREEMPTED, TrainingStopped
 
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
         apply_distributed_env()
         cfg = from_dict(TRAIN_STAGES[self.stage], self.config, f"{self.stage} job config")
         requeue_signal = submitit.JobEnvironment._usr_sig()

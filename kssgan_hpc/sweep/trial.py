@@ -1,0 +1,50 @@
+"""One sweep trial as a submitit job: train for the trial's budget, evaluate, return one objective.
+
+A trial is a training job like any other (TrainTask: every task a rank, checkpoint + requeue at the
+time limit), followed by the objective on rank 0. Objectives are looked up by name, so a sweep file
+can switch to another measure without touching the driver.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kssgan_hpc.config import from_dict
+from kssgan_hpc.config.sweep import ObjectiveConfig
+from kssgan_hpc.launch.env import distributed_env
+from kssgan_hpc.launch.submit import TrainTask
+
+
+def gan_validation(run_dir: Path, objective: ObjectiveConfig) -> dict[str, float]:
+    from kssgan_hpc.train.validate import validate_gan
+
+    metrics = validate_gan(run_dir, split=objective.split, margin=objective.margin)
+    metrics["objective"] = (objective.w_identity * metrics["identity/to_surrogate"]
+                            + objective.w_leak * metrics["identity/to_source"]
+                            + objective.w_realism * metrics["realism/kid"])
+    return metrics
+
+
+OBJECTIVES: dict[str, Callable[[Path, ObjectiveConfig], dict[str, float]]] = {"gan_validation": gan_validation}
+
+
+class TrialTask(TrainTask):
+    def __init__(self, stage: str, config: dict[str, Any], objective: dict[str, Any], threads: int = 0) -> None:
+        super().__init__(stage, config, threads)
+        self.objective = objective
+
+    def __call__(self) -> dict[str, Any] | None:  # type: ignore[override]
+        started = time.time()
+        run_dir = Path(super().__call__())
+        if distributed_env().rank != 0:
+            return None
+        objective = from_dict(ObjectiveConfig, self.objective, "sweep objective")
+        metrics = OBJECTIVES[objective.name](run_dir, objective)
+        if not math.isfinite(metrics["objective"]):
+            raise ValueError(f"{run_dir}: objective is {metrics['objective']} (metrics {metrics})")
+        return {"objective": metrics.pop("objective"), "metrics": metrics, "started": started,
+                "finished": time.time()}
