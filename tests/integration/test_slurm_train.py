@@ -27,3 +27,18 @@ def test_train_template_runs_two_ranks(demo_data: Path, tmp_path: Path) -> None:
     assert states == {job: "COMPLETED"}, log[-3000:]
     assert json.loads((out / "run.json").read_text())["world_size"] == 2
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000002"
+
+
+def test_one_task_per_rank_template(demo_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "siamese"
+    train_args = (f"data={demo_data} out={out} steps=2 p=4 k=2 eval_every=100 workers=0 model.resolution=32 "
+                  "model.siamese_width=8 model.max_width=32")
+    env = {**os.environ, "STAGE": "siamese", "TRAIN_ARGS": train_args, "VENV": sys.prefix}
+    job = subprocess.run(["sbatch", "--parsable", f"--chdir={REPO}", "--ntasks-per-node=2", "--cpus-per-task=1",
+                          "--time=10", f"--output={tmp_path}/tasks-%j.out", "slurm/train_tasks.sbatch"], env=env,
+                         cwd=REPO, capture_output=True, text=True, timeout=60, check=True).stdout.strip().split(";")[0]
+    states = wait_for_jobs([job], records=1, timeout=240)
+    log = (tmp_path / f"tasks-{job}.out").read_text()
+    assert states == {job: "COMPLETED"}, log[-3000:]
+    assert json.loads((out / "run.json").read_text())["world_size"] == 2
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000002"
