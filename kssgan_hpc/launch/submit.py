@@ -107,6 +107,9 @@ class TrainTask(submitit.helpers.Checkpointable):
         from kssgan_hpc.train.run import EXIT_PREEMPTED, TrainingStopped
 
         if self.threads:
+            # Also for Accelerate, which otherwise sets threads = cores / local ranks: jobs sharing
+            # a node then oversubscribe it, and OpenMP's spinning threads slow each down ~40x.
+            os.environ["OMP_NUM_THREADS"] = str(self.threads)
             import torch
 
             torch.set_num_threads(self.threads)

@@ -64,6 +64,18 @@ def test_shipped_configs_load() -> None:
             load_config(stages[section], path, section=section)
 
 
+def test_shipped_sweeps_fit_their_base_configs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kssgan_hpc.config.sweep import SweepConfig
+    from kssgan_hpc.sweep.driver import Sweep
+
+    repo = Path(__file__).parents[2]
+    monkeypatch.chdir(repo)  # base_config paths are relative to the repository
+    sweeps = sorted(repo.joinpath("configs", "sweep").glob("*.yaml"))
+    assert sweeps
+    for path in sweeps:
+        Sweep(load_config(SweepConfig, path))  # checks every key and range against the stage config
+
+
 def test_scientific_floats_and_error_origin() -> None:
     cfg = load_config(GanConfig, overrides=["engine.initial_loss_scale=1e30", "lr_g=1e-4"])
     assert cfg.engine.initial_loss_scale == 1e30 and cfg.lr_g == 1e-4  # YAML 1.1 reads 1e30 as a string
