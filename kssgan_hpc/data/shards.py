@@ -11,7 +11,11 @@ A shard `{split}-{index:05d}.h5` holds:
   quad           float32[N, 4, 2]     the crop's corners in source pixels; NaN when not aligned
   source_sha256  S64    [N]           sha256 of the source file's bytes
   source_index   int64  [N]           line of sources.jsonl the image came from
-and attributes format_version, resolution, channels, split, index.
+and attributes format_version, resolution, channels, split, index, kind.
+
+A de-identified release (`kssgan anonymize`, kind "release") has the same layout without the
+fields that point back to a source (TRACEABLE_FIELDS); its identity is the k-Same cluster the face
+was generated toward, shared by at least k source people.
 
 manifest.json describes the whole dataset (splits, shards with sha256 and counts, label
 vocabularies, skipped inputs). Source names never enter a shard or the manifest.
@@ -49,6 +53,7 @@ LABEL_FIELDS: dict[str, tuple[Any, tuple[int, ...], Any]] = {
 }
 # Fields that point back to a source image: never part of a de-identified release.
 TRACEABLE_FIELDS = ("landmarks", "quad", "source_sha256", "source_index")
+RELEASE_FIELDS = {name: spec for name, spec in LABEL_FIELDS.items() if name not in TRACEABLE_FIELDS}
 
 
 class ShardError(RuntimeError):
@@ -114,6 +119,7 @@ class ShardWriter:
         num_attributes: int = 0,
         compression: str = "none",
         expected: int = 0,
+        release: bool = False,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split {split!r} is not one of {SPLITS}")
@@ -123,10 +129,11 @@ class ShardWriter:
         self.tmp.unlink(missing_ok=True)
         self.shape = (resolution, resolution, channels)
         self.num_attributes = num_attributes
+        self.fields = RELEASE_FIELDS if release else LABEL_FIELDS
         self._file = h5py.File(self.tmp, "w")
         self._file.attrs.update(
             format_version=FORMAT_VERSION, resolution=resolution, channels=channels,
-            split=split, index=index,
+            split=split, index=index, kind="release" if release else "dataset",
         )
         self._images = self._file.create_dataset(
             "images", shape=(0, *self.shape), maxshape=(None, *self.shape), dtype=np.uint8,
@@ -135,7 +142,7 @@ class ShardWriter:
         )
         self._reserve = max(expected, 1)
         self._images.resize(self._reserve, axis=0)
-        self._labels: dict[str, list] = {name: [] for name in LABEL_FIELDS}
+        self._labels: dict[str, list] = {name: [] for name in self.fields}
         self._attributes: list[np.ndarray] = []
         self.count = 0
 
@@ -143,14 +150,14 @@ class ShardWriter:
         """Append one aligned image [H, W, C] uint8 with its labels (see LABEL_FIELDS)."""
         if image.shape != self.shape or image.dtype != np.uint8:
             raise ValueError(f"image {image.shape} {image.dtype} does not match shard {self.shape} uint8")
-        unknown = set(labels) - set(LABEL_FIELDS)
+        unknown = set(labels) - set(self.fields)
         if unknown:
-            raise ValueError(f"unknown label fields {sorted(unknown)}; valid: {list(LABEL_FIELDS)}")
+            raise ValueError(f"unknown label fields {sorted(unknown)}; valid: {list(self.fields)}")
         if self.count == self._reserve:
             self._reserve *= 2
             self._images.resize(self._reserve, axis=0)
         self._images[self.count] = image
-        for name, (dtype, shape, fill) in LABEL_FIELDS.items():
+        for name, (dtype, shape, fill) in self.fields.items():
             if name in labels:
                 value = labels[name]
             elif fill is None:
@@ -165,7 +172,7 @@ class ShardWriter:
     def close(self) -> ShardInfo:
         """Write labels, flush, fsync and rename the temp file to its final name."""
         self._images.resize(self.count, axis=0)
-        for name, (dtype, shape, _) in LABEL_FIELDS.items():
+        for name, (dtype, shape, _) in self.fields.items():
             data = np.asarray(self._labels[name], dtype=dtype).reshape(self.count, *shape)
             self._file.create_dataset(name, data=data, track_times=False)
         attrs = np.stack(self._attributes) if self._attributes else np.zeros((0, self.num_attributes))

@@ -22,7 +22,7 @@ from kssgan_hpc.data.dataset import FaceShards, collate_faces
 from kssgan_hpc.data.shards import atomic_write_json, load_manifest
 from kssgan_hpc.ksame.clusters import average_faces, check_clusters, cluster_identities, surrogate_targets
 from kssgan_hpc.models import SiameseEncoder
-from kssgan_hpc.train.run import latest_checkpoint
+from kssgan_hpc.train.run import latest_checkpoint, to_unit
 
 log = logging.getLogger(__name__)
 
@@ -41,35 +41,38 @@ def load_siamese(run_dir: str | Path, device: torch.device | str = "cpu") -> tup
 
 @torch.no_grad()
 def identity_statistics(model: torch.nn.Module, data: FaceShards, batch_size: int,
-                        device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per identity (sorted ids): normalised mean embedding and mean face (float, [C, H, W] in 0..255)."""
+                        device: torch.device | str = "cpu", faces: bool = True,
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per identity (sorted ids): normalised mean embedding and, with `faces`, the mean face (float,
+    [C, H, W] in 0..255; identities x pixels of memory, so off for large sets)."""
     ids = np.unique(data.labels["identity"])
     position = {int(i): n for n, i in enumerate(ids)}
     emb_sum = np.zeros((len(ids), 0))
-    face_sum = np.zeros((len(ids), data.channels, data.resolution, data.resolution))
+    face_sum = np.zeros((len(ids), data.channels, data.resolution, data.resolution)) if faces else None
     counts = np.zeros(len(ids))
     for start in range(0, len(data), batch_size):
         images, labels = collate_faces(data.__getitems__(list(range(start, min(start + batch_size, len(data))))))
-        emb = model(images.float().div(127.5).sub(1.0).to(device)).float().cpu().numpy()
+        emb = model(to_unit(images).to(device)).float().cpu().numpy()
         if emb_sum.shape[1] == 0:
             emb_sum = np.zeros((len(ids), emb.shape[1]))
         rows = np.array([position[int(i)] for i in labels["identity"]])
         np.add.at(emb_sum, rows, emb)
-        np.add.at(face_sum, rows, images.numpy().astype(np.float64))
+        if faces:
+            np.add.at(face_sum, rows, images.numpy().astype(np.float64))
         np.add.at(counts, rows, 1)
     emb_mean = emb_sum / counts[:, None]
     emb_mean /= np.maximum(np.linalg.norm(emb_mean, axis=1, keepdims=True), 1e-12)
-    return ids, emb_mean, face_sum / counts[:, None, None, None]
+    return ids, emb_mean, face_sum / counts[:, None, None, None] if faces else None
 
 
 def cluster_dataset(model: torch.nn.Module, data: FaceShards, k: int, *, method: str = "mdav", seed: int = 0,
-                    batch_size: int = 64, device: torch.device | str = "cpu",
-                    ) -> tuple[np.ndarray, list[list[int]], np.ndarray, np.ndarray]:
+                    batch_size: int = 64, device: torch.device | str = "cpu", pixel: bool = True,
+                    ) -> tuple[np.ndarray, list[list[int]], np.ndarray, np.ndarray | None]:
     """k-Same over the identities of `data`: (identity ids, clusters as rows of ids, surrogate
-    embedding per cluster, k-Same-Pixel face per cluster)."""
-    ids, embeddings, faces = identity_statistics(model, data, batch_size, device)
+    embedding per cluster, with `pixel` the k-Same-Pixel face per cluster)."""
+    ids, embeddings, faces = identity_statistics(model, data, batch_size, device, faces=pixel)
     groups = cluster_identities(embeddings, k, method=method, seed=seed)
-    return ids, groups, surrogate_targets(embeddings, groups), average_faces(faces, groups)
+    return ids, groups, surrogate_targets(embeddings, groups), average_faces(faces, groups) if pixel else None
 
 
 def build_clusters(cfg: ClusterConfig) -> dict[str, Any]:

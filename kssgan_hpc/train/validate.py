@@ -51,7 +51,7 @@ def validate_gan(run_dir: str | Path, *, split: str = "val", margin: float = 0.3
     siamese, _ = load_siamese(cfg.siamese, device)
     k = load_clusters(cfg.clusters)["k"]  # the data holder's k, also for the held-out people
     data = FaceShards(Path(cfg.data), split)
-    ids, groups, targets, _ = cluster_dataset(siamese, data, k, batch_size=batch_size, device=device)
+    ids, groups, targets, _ = cluster_dataset(siamese, data, k, batch_size=batch_size, device=device, pixel=False)
     cluster_of = {int(ids[i]): c for c, group in enumerate(groups) for i in group}
     targets = torch.from_numpy(targets).to(device)
     to_surrogate, to_source, real_features, fake_features = [], [], [], []

@@ -1,0 +1,1 @@
+"""What the data holder ships: the de-identified, k-anonymous release."""
