@@ -7,6 +7,9 @@ from typing import Literal
 
 from kssgan_hpc.config.core import ConfigError
 
+RECOGNIZERS = ("siamese", "dlib", "sface")
+"""The re-identification attackers (kssgan_hpc/evaluate/recognizers.py)."""
+
 
 @dataclass(kw_only=True)
 class AnonymizeConfig:
@@ -42,3 +45,44 @@ class AnonymizeConfig:
         for split in self.splits:
             if split not in ("train", "val", "test"):
                 raise ConfigError(f"splits: {split!r} is not one of train, val, test")
+
+
+@dataclass(kw_only=True)
+class EvaluateConfig:
+    gan: str = "runs/demo/gan"
+    """GAN run folder (EMA generator; its config names the Siamese, the attacker who knows the system)."""
+    data: str = "runs/demo/data"
+    """Prepped dataset: the faces de-identified and attacked."""
+    split: Literal["train", "val", "test"] = "train"
+    """Whose faces are de-identified and re-identified (needs more identities than the largest k)."""
+    heldout: list[str] = field(default_factory=lambda: ["val", "test"])
+    """Splits whose real faces the realism (KID) of every method is measured against."""
+    release: str | None = "runs/demo/release"
+    """A `kssgan anonymize` output folder: its cluster records are checked (>= k) and its files scanned
+    for traceable fields. None skips both."""
+    out: str = "runs/demo/report"
+    ks: list[int] = field(default_factory=lambda: [2, 4, 8])
+    recognizers: list[str] = field(default_factory=lambda: ["siamese", "dlib", "sface"])
+    gallery_per_identity: int = 5
+    """Original images per identity in the attacker's gallery (its mean embedding is the template)."""
+    probes_per_identity: int = 3
+    """Other images per identity that are de-identified and used as probes."""
+    blur_sigma: float = -1.0
+    """Gaussian blur baseline, in pixels; negative: resolution / 16."""
+    pixelate_block: int = -1
+    """Pixelation baseline block side; negative: resolution / 8."""
+    method: Literal["mdav", "kmeans"] = "mdav"
+    seed: int = 0
+    include_originals: bool = False
+    """Also write contact_sheet_SENSITIVE_originals.png, which shows the source faces."""
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.ks or min(self.ks) < 2:
+            raise ConfigError(f"ks={self.ks} is invalid; every k must be >= 2")
+        if self.gallery_per_identity < 1 or self.probes_per_identity < 1:
+            raise ConfigError("gallery_per_identity and probes_per_identity must be >= 1")
+        unknown = sorted(set(self.recognizers) - set(RECOGNIZERS))
+        if unknown:
+            raise ConfigError(f"recognizers: unknown {unknown}; use some of {', '.join(RECOGNIZERS)}")
+

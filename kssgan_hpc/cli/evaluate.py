@@ -1,0 +1,45 @@
+"""`kssgan evaluate`: report.json + contact sheets — re-identification by the project's Siamese and
+two independent recognizers, k-anonymity of the release, utility and realism, for kSS-GAN and the
+blur, pixelation and k-Same-Pixel baselines on the same faces."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kssgan_hpc.cli.common import resolve_config
+from kssgan_hpc.config import ConfigError
+from kssgan_hpc.config.release import EvaluateConfig
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="privacy / utility / realism report", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML scenario file; its evaluate section is used")
+    p.add_argument("--include-originals", action="store_true",
+                   help="also write contact_sheet_SENSITIVE_originals.png (shows source faces)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. ks=[2,4] recognizers=[siamese,sface]")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kssgan_hpc.data.shards import ShardError
+    from kssgan_hpc.evaluate.report import evaluate, format_headline
+
+    overrides = [*args.overrides, *(["include_originals=true"] if args.include_originals else [])]
+    cfg, code = resolve_config("evaluate", EvaluateConfig, args, "evaluate", overrides)
+    if cfg is None:
+        return code
+    try:
+        report = evaluate(cfg)
+    except (ConfigError, ShardError, FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"kssgan evaluate: error: {err}", file=sys.stderr)
+        return 2
+    print(format_headline(report))
+    if report["release"] is not None:
+        problems = report["release"]["forbidden_fields"]
+        print(f"release {report['release']['path']}: clusters {report['release']['clusters']}; "
+              f"{'clean' if not problems else 'NOT CLEAN: ' + '; '.join(problems)}")
+    print(f"report: {cfg.out}/report.json   contact sheets: {', '.join(report['contact_sheets'])}")
+    return 0

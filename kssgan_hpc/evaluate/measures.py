@@ -1,0 +1,69 @@
+"""Re-identification (rank-1, CMC), change (SSIM, PSNR) and landmark drift of de-identified faces."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def identity_gallery(embeddings: np.ndarray, identities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted identity ids, their normalised mean embeddings)."""
+    ids = np.unique(identities)
+    means = np.stack([embeddings[identities == i].mean(0) for i in ids])
+    return ids, means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+
+
+def cmc(probes: np.ndarray, probe_identities: np.ndarray, gallery_ids: np.ndarray, gallery: np.ndarray,
+        ranks: int = 10) -> np.ndarray:
+    """Cumulative match characteristic: [r] = share of probes whose true identity is among the r+1
+    gallery identities most similar (cosine) to them."""
+    scores = probes @ gallery.T
+    true = scores[np.arange(len(probes)), np.searchsorted(gallery_ids, probe_identities)]
+    rank = (scores > true[:, None]).sum(1)  # 0 = the true identity scores highest
+    return np.array([(rank <= r).mean() for r in range(min(ranks, len(gallery_ids)))])
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per image SSIM (Wang et al. 2004: 11 px Gaussian window, sigma 1.5) of uint8 NHWC pairs, on luma."""
+    def luma(x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(x.astype(np.float64))
+        t = t.mean(-1) if t.shape[-1] == 1 else t @ torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
+        return t[:, None]
+
+    x, y, w = luma(a), luma(b), _gaussian_window()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = F.conv2d(x, w), F.conv2d(y, w)
+    sxx = F.conv2d(x * x, w) - mx ** 2
+    syy = F.conv2d(y * y, w) - my ** 2
+    sxy = F.conv2d(x * y, w) - mx * my
+    value = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (sxx + syy + c2))
+    return value.mean(dim=(1, 2, 3)).numpy()
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per image PSNR in dB of uint8 pairs (identical images: inf)."""
+    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(1)
+    with np.errstate(divide="ignore"):
+        return 10 * np.log10(255.0 ** 2 / mse)
+
+
+def landmark_drift(source: list[np.ndarray | None], output: list[np.ndarray | None]) -> tuple[float, float]:
+    """(mean displacement of the 5 landmarks in inter-ocular distances, share of outputs with a face
+    found) over the pairs where both faces were found (YuNet rows: box, 5 x (x, y), score)."""
+    drifts, found = [], 0
+    for s, o in zip(source, output):
+        found += o is not None
+        if s is None or o is None:
+            continue
+        ls, lo = s[4:14].reshape(5, 2), o[4:14].reshape(5, 2)
+        iod = max(np.linalg.norm(ls[0] - ls[1]), 1e-6)
+        drifts.append(np.linalg.norm(ls - lo, axis=1).mean() / iod)
+    return (float(np.mean(drifts)) if drifts else float("nan")), found / max(len(output), 1)
