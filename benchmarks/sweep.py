@@ -140,7 +140,7 @@ def main() -> None:
                            "trials_needed": needed, "fraction": (needed or args.budget) / args.budget})
         print(f"seed {seed}: {baseline} best {target:.4f}; {pair[chosen]['chosen']} best {best_so_far[-1]:.4f}, "
               f"reached {baseline}'s best after {needed if needed else 'never (>' + str(args.budget) + ')'} trials")
-    latency = [x for r in runs for x in r["latency_s"]]
+    latency = [x for r in runs for x in r["latency_s"]]  # resumed sweeps keep their trials' times
     overhead = [r["tell_overhead_s"]["mean"] for r in runs if r["tell_overhead_s"]["mean"] is not None]
     summary = {
         "executor": executor, "budget": args.budget, "num_workers": args.workers, "steps_per_trial": args.steps,
@@ -150,8 +150,9 @@ def main() -> None:
         "seeds_reached": sum(e["trials_needed"] is not None for e in efficiency),
         "latency_to_python_s": {"median": float(np.median(latency)), "p90": float(np.percentile(latency, 90)),
                                 "max": float(np.max(latency))},
-        "tell_overhead_ms": {"mean": 1000 * float(np.mean(overhead)),
-                             "max": 1000 * max(r["tell_overhead_s"]["max"] for r in runs)},
+        "tell_overhead_ms": {"mean": 1000 * float(np.mean(overhead)) if overhead else None,
+                             "max": 1000 * max((r["tell_overhead_s"]["max"] for r in runs
+                                                if r["tell_overhead_s"]["max"] is not None), default=float("nan"))},
     }
     if executor == "slurm":
         gaps = sacct_latency([j for r in runs for j in r["job_ids"]])

@@ -85,3 +85,12 @@ def sweep_file(demo_data: Path, siamese_run: Path, clusters: Path, tmp_path: Pat
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def gan_run(demo_data: Path, siamese_run: Path, clusters: Path) -> Path:
+    """A tiny GAN trained for 4 steps in one process (EMA generator checkpoint included)."""
+    out = siamese_run.parent / "gan"
+    kssgan("train", "gan", f"data={demo_data}", f"siamese={siamese_run}", f"clusters={clusters}", f"out={out}",
+           "steps=4", "batch_size=4", "log_every=2", "image_every=100", *TINY, check=True)
+    return out

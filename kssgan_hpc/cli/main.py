@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from kssgan_hpc import __version__
-from kssgan_hpc.cli import anonymize, cluster, evaluate, inspect, prep, submit, sweep, train
+from kssgan_hpc.cli import anonymize, cluster, evaluate, inspect, pipeline, prep, submit, sweep, train
 
 STAGES = {"prep": prep, "inspect": inspect, "train": train, "cluster": cluster, "anonymize": anonymize,
-          "evaluate": evaluate, "submit": submit, "sweep": sweep}
+          "evaluate": evaluate, "pipeline": pipeline, "submit": submit, "sweep": sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

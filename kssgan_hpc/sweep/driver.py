@@ -304,9 +304,13 @@ class Sweep:
         finally:
             self.tb.close()
             record = json.loads((self.out / "sweep.json").read_text())
-            overhead = self.tell_overhead_s
+            # Overhead per tell over every session of the driver (a resumed one adds to the record).
+            before = record.get("tell_overhead_s") or {"count": 0, "mean": None, "max": None}
+            count = before["count"] + len(self.tell_overhead_s)
+            total = (before["mean"] or 0.0) * before["count"] + sum(self.tell_overhead_s)
             record.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S") if not self.handles else None,
-                          tell_overhead_s={"mean": sum(overhead) / len(overhead) if overhead else None,
-                                           "max": max(overhead, default=None), "count": len(overhead)})
+                          tell_overhead_s={"mean": total / count if count else None, "count": count,
+                                           "max": max([*self.tell_overhead_s, *([before["max"]] if before["max"]
+                                                                                else [])], default=None)})
             atomic_write_json(self.out / "sweep.json", record)
         return self.best()

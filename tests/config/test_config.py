@@ -56,7 +56,11 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 
 
 def test_shipped_configs_load() -> None:
-    stages = {"prep": PrepConfig, "siamese": SiameseConfig, "cluster": ClusterConfig, "gan": GanConfig}
+    from kssgan_hpc.config.launch import JobConfig
+    from kssgan_hpc.config.release import AnonymizeConfig, EvaluateConfig
+
+    stages = {"prep": PrepConfig, "siamese": SiameseConfig, "cluster": ClusterConfig, "gan": GanConfig,
+              "anonymize": AnonymizeConfig, "evaluate": EvaluateConfig, "slurm": JobConfig}
     for path in sorted(Path(__file__).parents[2].joinpath("configs").glob("*.yaml")):
         sections = yaml.safe_load(path.read_text())
         assert set(sections) <= set(stages), path

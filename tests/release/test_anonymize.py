@@ -1,0 +1,128 @@
+"""`kssgan anonymize`: the release's guarantee, what it must not carry, resume, ranks, folder input."""
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import kssgan, sources, torchrun
+from kssgan_hpc.data.dataset import FaceShards
+from kssgan_hpc.data.shards import TRACEABLE_FIELDS
+from kssgan_hpc.release.checks import check_release_clusters, scan_release
+
+
+def source_names(data: Path) -> list[str]:
+    return [s["path"] for s in sources(data)] + [s["sha256"] for s in sources(data)]
+
+
+@pytest.fixture(scope="module")
+def release(demo_data: Path, gan_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("release") / "out"
+    kssgan("anonymize", f"gan={gan_run}", f"data={demo_data}", f"out={out}", "splits=[train,test]", "k=4",
+           "png=true", "images_per_shard=100", "--no-progress", check=True)
+    return out
+
+
+def test_release_is_k_anonymous_and_carries_nothing_traceable(release: Path, demo_data: Path) -> None:
+    shipped = release / "release"
+    manifest = json.loads((shipped / "manifest.json").read_text())
+    assert manifest["kind"] == "release" and manifest["k"] == 4
+    assert manifest["splits"] == {"train": {"images": 320, "identities": 8}, "test": {"images": 40, "identities": 1}}
+    assert scan_release(shipped, source_names(demo_data)) == []
+    for shard in shipped.glob("*.h5"):
+        with h5py.File(shard, "r") as f:
+            assert not set(f) & set(TRACEABLE_FIELDS) and f.attrs["kind"] == "release"
+    assert len(list((shipped / "png").rglob("*.png"))) == 360
+    assert not (shipped / "sources.jsonl").exists()
+    # Every released identity is a cluster of >= 4 source identities (from the private records).
+    assert check_release_clusters(release / "private") == {"clusters": 9, "min_size": 4, "max_size": 4,
+                                                           "records": 2}
+    records = json.loads((release / "private" / "clusters-train.json").read_text())
+    cluster_of = {i: c["cluster"] for c in records["clusters"] for i in c["identities"]}
+    original = FaceShards(demo_data, "train")
+    released = FaceShards(shipped, "train")
+    assert sorted(np.unique(released.labels["identity"])) == sorted(set(cluster_of.values()))
+    # The release's order is not the source order: its identity sequence is a permutation of it.
+    expected = np.array([cluster_of[int(i)] for i in original.labels["identity"]])
+    assert sorted(released.labels["identity"]) == sorted(expected)
+    assert not np.array_equal(released.labels["identity"], expected)
+
+
+@pytest.mark.parametrize("plant, fragment", [
+    ("shard", "traceable fields"), ("png", "carries metadata"), ("file", "does not belong in a release"),
+    ("manifest", "keys that do not belong"), ("name", "names a source"),
+])
+def test_scan_finds_every_forbidden_thing(release: Path, demo_data: Path, tmp_path: Path, plant: str,
+                                          fragment: str) -> None:
+    shipped = tmp_path / "release"
+    shutil.copytree(release / "release", shipped)
+    manifest = json.loads((shipped / "manifest.json").read_text())
+    if plant == "shard":
+        shutil.copy(demo_data / "train-00000.h5", shipped / "train-00009.h5")
+    elif plant == "png":
+        from PIL import PngImagePlugin
+
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Source", "s1/1.pgm")
+        Image.new("RGB", (8, 8)).save(shipped / "png" / "train" / "x.png", pnginfo=info)
+    elif plant == "file":
+        shutil.copy(demo_data / "sources.jsonl", shipped / "sources.jsonl")
+    elif plant == "manifest":
+        manifest["skipped"] = []
+    else:
+        manifest["created_by"] = sources(demo_data)[3]["path"]
+    (shipped / "manifest.json").write_text(json.dumps(manifest))
+    problems = scan_release(shipped, source_names(demo_data))
+    assert any(fragment in p for p in problems), problems
+
+
+def test_broken_cluster_record_fails_the_check(release: Path, tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    shutil.copytree(release / "private", private)
+    record = json.loads((private / "clusters-train.json").read_text())
+    moved = record["clusters"][0]["identities"].pop()
+    record["clusters"][1]["identities"].append(moved)  # cluster 0 now holds 3 people
+    (private / "clusters-train.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"clusters-train.json: breaks 4-anonymity: 1 cluster\(s\) smaller"):
+        check_release_clusters(private)
+
+
+def test_interrupted_release_resumes_and_other_settings_are_refused(release: Path, demo_data: Path,
+                                                                   gan_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(release, out)
+    digests = {r["name"]: r["sha256"] for r in json.loads((out / "release" / "manifest.json").read_text())["shards"]}
+    kept = out / "release" / "train-00000.h5"
+    kept_mtime = kept.stat().st_mtime_ns
+    (out / "release" / "train-00002.h5").unlink()  # as if killed before this shard was written
+    (out / "release" / "manifest.json").unlink()
+    args = [f"gan={gan_run}", f"data={demo_data}", f"out={out}", "splits=[train,test]", "k=4", "png=true",
+            "images_per_shard=100", "--no-progress"]
+    kssgan("anonymize", *args, check=True)
+    again = {r["name"]: r["sha256"] for r in json.loads((out / "release" / "manifest.json").read_text())["shards"]}
+    assert again == digests and kept.stat().st_mtime_ns == kept_mtime
+    refused = kssgan("anonymize", *[a if a != "k=4" else "k=5" for a in args])
+    assert refused.returncode == 2 and "made with other settings (k)" in refused.stderr
+
+
+def test_two_ranks_write_the_same_release(release: Path, demo_data: Path, gan_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    torchrun("anonymize", f"gan={gan_run}", f"data={demo_data}", f"out={out}", "splits=[train,test]", "k=4",
+             "png=true", "images_per_shard=100", "--no-progress", tmp=tmp_path)
+    one = json.loads((release / "release" / "manifest.json").read_text())
+    two = json.loads((out / "release" / "manifest.json").read_text())
+    assert two["shards"] == one["shards"]  # same names, counts and sha256
+
+
+def test_a_folder_goes_through_prep(orl_folder: Path, gan_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = kssgan("anonymize", f"gan={gan_run}", f"input={orl_folder}", f"out={out}", "k=3", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "release" / "manifest.json").read_text())
+    assert manifest["splits"] == {"test": {"images": 60, "identities": 4}}
+    assert (out / "private" / "input" / "manifest.json").is_file()
+    assert scan_release(out / "release", source_names(out / "private" / "input")) == []
