@@ -9,6 +9,8 @@ else local processes (the report says which).
 Sample efficiency, per seed: the best objective random search reached in its budget, and the
 number of trials the optimizer needed to reach it (in the order they finished); the figure is that
 number over the budget (target <= 60 %; "not reached" counts as the full budget, reported apart).
+The baseline draws with seed + 1000: with the same seed, nevergrad's optimizers start from the same
+random points as random search and would "reach" its best by sharing it.
 Latency: the driver's submit time to the trial's first Python line (sub-second), and Slurm's own
 Submit->Start (sacct, whole seconds).
 
@@ -41,6 +43,7 @@ from kssgan_hpc.config.sweep import SweepConfig  # noqa: E402
 from kssgan_hpc.sweep.driver import Sweep  # noqa: E402
 
 RESOLUTION = 32
+BASELINE_SEED_OFFSET = 1000
 
 
 def cli(*args: str) -> None:
@@ -130,7 +133,8 @@ def main() -> None:
     chosen, baseline = args.optimizers
     runs, efficiency = [], []
     for seed in args.seeds:
-        pair = {name: run_sweep(work, base, name, seed, args, executor) for name in (chosen, baseline)}
+        pair = {chosen: run_sweep(work, base, chosen, seed, args, executor),
+                baseline: run_sweep(work, base, baseline, seed + BASELINE_SEED_OFFSET, args, executor)}
         runs.extend(pair.values())
         target = min(pair[baseline]["told"])
         best_so_far = np.minimum.accumulate(pair[chosen]["told"])
