@@ -92,6 +92,12 @@ class Sweep:
         self.executor = None
         self.tell_overhead_s: list[float] = []
         self.tb = None
+        if cfg.optimizer not in ng.optimizers.registry:
+            import difflib
+
+            close = difflib.get_close_matches(cfg.optimizer, list(ng.optimizers.registry), n=3, cutoff=0.5)
+            raise ConfigError(f"optimizer={cfg.optimizer!r} is not in nevergrad's registry"
+                              + (f"; did you mean {', '.join(close)}?" if close else ""))
         self._check_space()
 
     # ------------------------------------------------------------------ setup

@@ -73,6 +73,12 @@ def test_bad_search_spaces_are_refused(sweep_file, space: dict, fragment: str) -
         Sweep(load_config(SweepConfig, path))
 
 
+def test_unknown_optimizer_is_refused_with_suggestions(sweep_file) -> None:
+    with pytest.raises(ConfigError, match="optimizer='TwoPointDE' is not in nevergrad's registry; did you mean "
+                                          "TwoPointsDE"):
+        Sweep(load_config(SweepConfig, sweep_file(optimizer="TwoPointDE")))
+
+
 def test_parametrization_is_seeded_and_typed() -> None:
     cfg = load_config(SweepConfig, overrides=[
         "space.lr={type: log, low: 1.0e-5, high: 1.0e-3}", "space.n={type: int, low: 1, high: 4}",
