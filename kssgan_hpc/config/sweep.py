@@ -64,9 +64,10 @@ class SweepConfig:
     """key=value applied to every trial only (its budget: steps, checkpoint_every), not to the best config."""
     space: dict[str, ParamSpec] = field(default_factory=dict)
     """Dotted key of the stage config -> its range."""
-    optimizer: str = "NGOpt"
-    """Any name in nevergrad.optimizers.registry. NGOpt is nevergrad's own selector: it picks the
-    algorithm from the budget, the number of workers and the kind of space (see README)."""
+    optimizer: str = "TwoPointsDE"
+    """Any name in nevergrad.optimizers.registry. TwoPointsDE is what nevergrad's guide recommends
+    for parallel evaluations ("excellent in many cases, including very high num_workers"); its
+    NGOpt selector re-evaluated identical points in our benchmark (see README)."""
     budget: int = 16
     """Trials in all."""
     num_workers: int = 4
