@@ -55,9 +55,10 @@ def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return 10 * np.log10(255.0 ** 2 / mse)
 
 
-def landmark_drift(source: list[np.ndarray | None], output: list[np.ndarray | None]) -> tuple[float, float]:
+def landmark_drift(source: list[np.ndarray | None], output: list[np.ndarray | None]) -> tuple[float | None, float]:
     """(mean displacement of the 5 landmarks in inter-ocular distances, share of outputs with a face
-    found) over the pairs where both faces were found (YuNet rows: box, 5 x (x, y), score)."""
+    found) over the pairs where both faces were found (YuNet rows: box, 5 x (x, y), score); None
+    when no output face was found."""
     drifts, found = [], 0
     for s, o in zip(source, output):
         found += o is not None
@@ -66,4 +67,4 @@ def landmark_drift(source: list[np.ndarray | None], output: list[np.ndarray | No
         ls, lo = s[4:14].reshape(5, 2), o[4:14].reshape(5, 2)
         iod = max(np.linalg.norm(ls[0] - ls[1]), 1e-6)
         drifts.append(np.linalg.norm(ls - lo, axis=1).mean() / iod)
-    return (float(np.mean(drifts)) if drifts else float("nan")), found / max(len(output), 1)
+    return (float(np.mean(drifts)) if drifts else None), found / max(len(output), 1)
