@@ -41,15 +41,25 @@ class ParamSpec:
 class ObjectiveConfig:
     """What a trial returns to the optimizer (lower is better)."""
 
-    name: Literal["gan_validation"] = "gan_validation"
+    name: Literal["gan_validation", "report"] = "gan_validation"
     """gan_validation: w_identity * (1 - cos to surrogate) + w_leak * (source similarity beyond margin)
-    + w_realism * KID, on a held-out split (kssgan_hpc/train/validate.py)."""
-    split: Literal["val", "test"] = "val"
+    + w_realism * KID in the Siamese's space, on a held-out split (kssgan_hpc/train/validate.py).
+    report: the evaluation report of the trial's generator on `split` (kssgan_hpc/evaluate):
+    w_privacy * mean over recognizers and ks of max(0, rank-1 - 1/k) + w_utility * (1 - SSIM)
+    + w_realism * KID in SFace's space."""
+    split: Literal["train", "val", "test"] = "val"
     w_identity: float = 1.0
     w_leak: float = 1.0
     w_realism: float = 1.0
     margin: float = 0.3
-    """Cosine similarity to the source identity that is tolerated before it counts as leak."""
+    """gan_validation: cosine similarity to the source identity tolerated before it counts as leak."""
+    w_privacy: float = 1.0
+    w_utility: float = 1.0
+    ks: list[int] = field(default_factory=lambda: [4])
+    """report: the k the release is made with (each >= 2; the split needs more identities)."""
+    recognizers: list[str] = field(default_factory=lambda: ["siamese", "sface"])
+    """report: the attackers (dlib is the slowest, 0.2 s a face on a CPU core)."""
+    probes_per_identity: int = 2
 
 
 @dataclass(kw_only=True)

@@ -29,7 +29,33 @@ def gan_validation(run_dir: Path, objective: ObjectiveConfig) -> dict[str, float
     return metrics
 
 
-OBJECTIVES: dict[str, Callable[[Path, ObjectiveConfig], dict[str, float]]] = {"gan_validation": gan_validation}
+def report_objective(run_dir: Path, objective: ObjectiveConfig) -> dict[str, float]:
+    """The evaluation report of the trial's generator: privacy above 1/k, utility, realism."""
+    import yaml
+
+    from kssgan_hpc.config.release import EvaluateConfig
+    from kssgan_hpc.data.shards import SPLITS
+    from kssgan_hpc.evaluate.report import evaluate
+
+    data = yaml.safe_load((run_dir / "resolved_config.yaml").read_text())["data"]
+    report = evaluate(EvaluateConfig(
+        gan=str(run_dir), data=data, split=objective.split, heldout=[s for s in SPLITS if s != objective.split],
+        release=None, out=str(run_dir / "report"), ks=objective.ks, recognizers=objective.recognizers,
+        probes_per_identity=objective.probes_per_identity))
+    methods = [f"kssgan@{k}" for k in objective.ks]
+    above = [max(0.0, results[m]["rank1"] - 1 / k) for results in report["reidentification"].values()
+             for m, k in zip(methods, objective.ks)]
+    metrics = {"privacy/rank1_above_1_over_k": sum(above) / len(above),
+               "utility/ssim": sum(report["utility"][m]["ssim"] for m in methods) / len(methods),
+               "realism/kid_sface": sum(report["realism"][m]["kid"] for m in methods) / len(methods)}
+    metrics["objective"] = (objective.w_privacy * metrics["privacy/rank1_above_1_over_k"]
+                            + objective.w_utility * (1 - metrics["utility/ssim"])
+                            + objective.w_realism * metrics["realism/kid_sface"])
+    return metrics
+
+
+OBJECTIVES: dict[str, Callable[[Path, ObjectiveConfig], dict[str, float]]] = {
+    "gan_validation": gan_validation, "report": report_objective}
 
 
 class TrialTask(TrainTask):
