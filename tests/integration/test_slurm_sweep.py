@@ -17,7 +17,7 @@ from test_slurm_prep import REPO, cluster_up, wait_for_jobs
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(cluster_up() is not None, reason=str(cluster_up()))]
 
 TRIAL = {"executor": "slurm", "cpus_per_task": 1, "time_min": 10}
-BUDGET = ["steps=40", "log_every=10", "image_every=1000", "checkpoint_every=20"]  # ~10 s a trial here
+BUDGET = ["steps=80", "log_every=10", "image_every=1000", "checkpoint_every=40"]  # ~15 s a trial here
 
 
 def trials(out: Path) -> list[dict]:
@@ -50,7 +50,10 @@ def test_driver_job_with_a_cancelled_trial(sweep_file, tmp_path: Path) -> None:
                             timeout=60, check=True).stdout.strip().split(";")[0]
     wait_until(lambda: sum(t["status"] == "running" and t["job_id"] is not None for t in trials(out)) == 4, 120,
                "4 trials in flight")
-    victim = next(t for t in trials(out) if t["status"] == "running")
+    # The newest trial in flight, once its training has started: it has the longest still to run.
+    victim = max((t for t in trials(out) if t["status"] == "running"), key=lambda t: t["submitted"])
+    wait_until(lambda: (out / "trials" / f"trial-{victim['trial']:04d}" / "gan.log").is_file(), 60,
+               f"trial {victim['trial']} training")
     subprocess.run(["scancel", victim["job_id"]], timeout=30, check=True)
     states = wait_for_jobs([driver], records=1, timeout=400)
     log = (tmp_path / f"driver-{driver}.out").read_text()
