@@ -96,6 +96,16 @@ def closer_to_cluster(outputs: np.ndarray, clusters: np.ndarray, gallery: np.nda
     return float(np.mean(passed))
 
 
+def reidentifiable(reid: dict[str, dict[str, Any]], method: str, k: int | None, ks: list[int],
+                   margin: float = 0.1) -> float | None:
+    """The rank-1 that keeps `method` off the default contact sheet, or None when it may be shown:
+    above 1/k (1/min(ks) for methods without k) + margin for an independent recognizer (the
+    Siamese only when no other was run). Such outputs are as good as source faces."""
+    judges = [name for name in reid if name != "siamese"] or list(reid)
+    worst = max(reid[name][method]["rank1"] for name in judges)
+    return worst if worst > (1 / (k or min(ks))) + margin else None
+
+
 def _contact_sheet(path: Path, rows: list[tuple[str, np.ndarray]], clusters: np.ndarray, per_cluster: int = 6,
                    max_clusters: int = 4) -> None:
     """Blocks of rows (methods) x columns (one cluster's probes), clusters side by side."""
@@ -106,7 +116,7 @@ def _contact_sheet(path: Path, rows: list[tuple[str, np.ndarray]], clusters: np.
         picks.append(np.flatnonzero(clusters == c)[:per_cluster])
     size = rows[0][1].shape[1]
     scale = max(1, 96 // size)
-    cell, label_w, gap = size * scale, 110, 8
+    cell, label_w, gap = size * scale, 160, 8
     width = label_w + sum(len(p) * cell + gap for p in picks)
     sheet = Image.new("RGB", (width, len(rows) * cell + 16), "white")
     draw = ImageDraw.Draw(sheet)
@@ -225,13 +235,22 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                    "k": json.loads((shipped / "manifest.json").read_text())["k"], "forbidden_fields": problems}
 
     sheet_k = next((k for k in sorted(cfg.ks) if f"kssgan@{k}" in methods), None)
-    sheets = []
+    sheets: list[str] = []
+    withheld: list[dict[str, Any]] = []  # rows too re-identifiable for the default sheet
     if sheet_k is not None:
-        rows = [("blur", methods["blur"]), ("pixelate", methods["pixelate"]),
-                (f"k-Same-Pixel k={sheet_k}", methods[f"ksame_pixel@{sheet_k}"]),
-                (f"kSS-GAN k={sheet_k}", methods[f"kssgan@{sheet_k}"])]
+        shown = [("blur", "blur"), ("pixelate", "pixelate"), (f"k-Same-Pixel k={sheet_k}", f"ksame_pixel@{sheet_k}"),
+                 (f"kSS-GAN k={sheet_k}", f"kssgan@{sheet_k}")]
+        rows = [(label, methods[method]) for label, method in shown]
+        safe_rows = []
+        for label, method in shown:
+            rank1 = reidentifiable(reid, method, k_of[method], cfg.ks) if reid else None
+            if rank1 is None:
+                safe_rows.append((label, methods[method]))
+            else:
+                withheld.append({"method": method, "rank1": rank1})
+                safe_rows.append((f"{label}: WITHHELD", np.full_like(methods[method], 128)))
         clusters = clusters_of_method[f"kssgan@{sheet_k}"]
-        _contact_sheet(out / "contact_sheet.png", rows, clusters)
+        _contact_sheet(out / "contact_sheet.png", safe_rows, clusters)
         sheets.append(str(out / "contact_sheet.png"))
         if cfg.include_originals:
             _contact_sheet(out / "contact_sheet_SENSITIVE_originals.png", [("SOURCE", probe_images), *rows], clusters)
@@ -242,6 +261,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
               "resolution": resolution, "baselines": {"blur_sigma_px": sigma, "pixelate_block_px": block},
               "recognizers": recognizers, "reidentification": reid, "anonymity": anonymity, "utility": utility,
               "realism": realism, "release": release, "contact_sheets": sheets,
+              "contact_sheet_withheld": withheld,
               "seconds": round(time.time() - tick, 1)}
     report["headline"] = headline(report)
     atomic_write_json(out / "report.json", report)

@@ -10,6 +10,7 @@ from helpers import kssgan
 from kssgan_hpc.evaluate.baselines import gaussian_blur, ksame_pixel, pixelate
 from kssgan_hpc.evaluate.kid import kernel_inception_distance
 from kssgan_hpc.evaluate.measures import cmc, identity_gallery, psnr, ssim
+from kssgan_hpc.evaluate.report import reidentifiable
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,8 @@ def test_report_fields(report: dict) -> None:
     assert report["utility"]["original"]["ssim"] == pytest.approx(1.0)
     assert report["release"]["clusters"]["min_size"] >= 4 and report["release"]["forbidden_fields"] == []
     assert [row["method"] for row in report["headline"]] == methods
+    withheld = {w["method"] for w in report["contact_sheet_withheld"]}
+    assert withheld <= {"blur", "pixelate", "ksame_pixel@2", "kssgan@2"}
     out = Path(report["_out"])
     assert (out / "contact_sheet.png").is_file() and not (out / "contact_sheet_SENSITIVE_originals.png").exists()
 
@@ -59,6 +62,15 @@ def test_baseline_sanity(report: dict) -> None:
             assert results[f"ksame_pixel@{k}"]["rank1"] <= 1 / k + 0.05, (name, k)
     # The attacker who knows the system re-identifies the untouched faces far above chance.
     assert report["reidentification"]["siamese"]["original"]["rank1"] >= 0.5
+
+
+def test_re_identifiable_outputs_are_withheld_from_the_default_sheet() -> None:
+    reid = {"siamese": {"kssgan@4": {"rank1": 0.9}, "blur": {"rank1": 0.9}},
+            "sface": {"kssgan@4": {"rank1": 0.40}, "blur": {"rank1": 0.55}},
+            "dlib": {"kssgan@4": {"rank1": 0.20}, "blur": {"rank1": 0.10}}}
+    assert reidentifiable(reid, "kssgan@4", 4, [2, 4]) == 0.40  # above 1/4 + 0.1 for SFace
+    assert reidentifiable(reid, "blur", None, [2, 4]) is None  # 0.55 <= 1/2 + 0.1
+    assert reidentifiable({"siamese": reid["siamese"]}, "kssgan@4", 4, [2, 4]) == 0.9  # the only judge
 
 
 def test_measures() -> None:
