@@ -39,7 +39,7 @@ def _package_file(package: str, *parts: str) -> Path:
     return path
 
 
-def _upscale(image: np.ndarray) -> np.ndarray:
+def upscale(image: np.ndarray) -> np.ndarray:
     import cv2
 
     rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
@@ -108,7 +108,7 @@ class DlibRecognizer(Recognizer):
         self.seen = 0
 
     def embed_one(self, image: np.ndarray) -> np.ndarray:
-        big = _upscale(image)
+        big = upscale(image)
         found = self.detector(big, 0)
         self.seen += 1
         self.detected += bool(found)
@@ -153,7 +153,7 @@ class SFaceRecognizer(Recognizer):
         self.seen = 0
 
     def embed_one(self, image: np.ndarray) -> np.ndarray:
-        big = _upscale(image)
+        big = upscale(image)
         face = self.detector.detect(big)
         self.seen += 1
         self.detected += face is not None

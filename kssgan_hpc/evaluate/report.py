@@ -30,8 +30,8 @@ from kssgan_hpc.data.shards import atomic_write_json
 from kssgan_hpc.evaluate.baselines import gaussian_blur, ksame_pixel, pixelate
 from kssgan_hpc.evaluate.kid import kernel_inception_distance
 from kssgan_hpc.evaluate.measures import cmc, identity_gallery, landmark_drift, psnr, ssim
-from kssgan_hpc.evaluate.recognizers import SFaceRecognizer, YuNet, _upscale, make_recognizer
-from kssgan_hpc.ksame.build import cluster_dataset, load_siamese
+from kssgan_hpc.evaluate.recognizers import SFaceRecognizer, YuNet, make_recognizer, upscale
+from kssgan_hpc.ksame.build import cluster_statistics, identity_statistics, load_siamese
 from kssgan_hpc.release.anonymize import deidentify
 from kssgan_hpc.release.checks import check_release_clusters, scan_release
 from kssgan_hpc.train.validate import load_generator
@@ -156,12 +156,12 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     k_of: dict[str, int | None] = {"original": None, "blur": None, "pixelate": None}
     clusters_of_method: dict[str, np.ndarray] = {}
     anonymity: dict[str, Any] = {}
+    ids, embeddings, identity_faces = identity_statistics(siamese, data, 64, device)  # once for every k
     for k in cfg.ks:
         if k > n_ids:
             anonymity[str(k)] = {"skipped": f"only {n_ids} identities in {cfg.split}"}
             continue
-        ids, groups, targets, pixel = cluster_dataset(siamese, data, k, method=cfg.method, seed=cfg.seed,
-                                                      device=device)
+        groups, targets, pixel = cluster_statistics(embeddings, identity_faces, k, method=cfg.method, seed=cfg.seed)
         cluster_of = {int(ids[i]): c for c, group in enumerate(groups) for i in group}
         clusters = np.array([cluster_of[int(i)] for i in probe_ids])
         faces = pixel.round().clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
@@ -200,7 +200,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
 
     # Utility: how much changed, where the landmarks went, whether expression survives.
     detector = YuNet()
-    marks = {m: [detector.detect(_upscale(im)) for im in images] for m, images in methods.items()}
+    marks = {m: [detector.detect(upscale(im)) for im in images] for m, images in methods.items()}
     expression = expression_accuracy(gallery_images, data.labels["expression"][gallery_rows], methods,
                                      data.labels["expression"][probe_rows])
     utility = {}

@@ -13,26 +13,21 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 
-from kssgan_hpc.config import from_dict
 from kssgan_hpc.config.train import ClusterConfig, SiameseConfig
 from kssgan_hpc.data.dataset import FaceShards, collate_faces
 from kssgan_hpc.data.shards import atomic_write_json, load_manifest
 from kssgan_hpc.ksame.clusters import average_faces, check_clusters, cluster_identities, surrogate_targets
 from kssgan_hpc.models import SiameseEncoder
-from kssgan_hpc.train.run import latest_checkpoint, to_unit
+from kssgan_hpc.train.run import checkpoint_with_config, to_unit
 
 log = logging.getLogger(__name__)
 
 
 def load_siamese(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[SiameseEncoder, SiameseConfig]:
     """The newest checkpoint of a Siamese run, frozen, in eval mode (weights from safetensors)."""
-    path = latest_checkpoint(Path(run_dir) / "checkpoints")
-    if path is None:
-        raise FileNotFoundError(f"{run_dir}: no complete Siamese checkpoint (run `kssgan train siamese` first)")
-    cfg = from_dict(SiameseConfig, yaml.safe_load((path / "config.yaml").read_text()), str(path / "config.yaml"))
+    path, cfg = checkpoint_with_config(run_dir, SiameseConfig, "siamese")
     model = SiameseEncoder(cfg.model)
     model.load_state_dict(load_file(path / "siamese.safetensors"))
     model.to(device).eval().requires_grad_(False)
@@ -71,8 +66,15 @@ def cluster_dataset(model: torch.nn.Module, data: FaceShards, k: int, *, method:
     """k-Same over the identities of `data`: (identity ids, clusters as rows of ids, surrogate
     embedding per cluster, with `pixel` the k-Same-Pixel face per cluster)."""
     ids, embeddings, faces = identity_statistics(model, data, batch_size, device, faces=pixel)
+    return (ids, *cluster_statistics(embeddings, faces, k, method=method, seed=seed))
+
+
+def cluster_statistics(embeddings: np.ndarray, faces: np.ndarray | None, k: int, *, method: str = "mdav",
+                       seed: int = 0) -> tuple[list[list[int]], np.ndarray, np.ndarray | None]:
+    """k-Same from identity_statistics' output (one pass over the data serves several k): clusters,
+    surrogate per cluster, k-Same-Pixel face per cluster when `faces` is given."""
     groups = cluster_identities(embeddings, k, method=method, seed=seed)
-    return ids, groups, surrogate_targets(embeddings, groups), average_faces(faces, groups) if pixel else None
+    return groups, surrogate_targets(embeddings, groups), None if faces is None else average_faces(faces, groups)
 
 
 def build_clusters(cfg: ClusterConfig) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from kssgan_hpc.data.shards import (
 from kssgan_hpc.engine.base import barrier
 from kssgan_hpc.ksame.build import cluster_dataset, load_siamese
 from kssgan_hpc.launch.env import apply_distributed_env
-from kssgan_hpc.train.run import to_uint8, to_unit
+from kssgan_hpc.train.run import latest_checkpoint, to_uint8, to_unit
 from kssgan_hpc.train.validate import load_generator
 
 log = logging.getLogger(__name__)
@@ -139,8 +139,6 @@ def anonymize(cfg: AnonymizeConfig, progress: bool = True) -> Path:
 
 def _check_settings(cfg: AnonymizeConfig, path: Path, source: dict[str, Any], rank: int) -> None:
     """A resumed release must be finished with the settings it was started with."""
-    from kssgan_hpc.train.run import latest_checkpoint
-
     settings = {"k": cfg.k, "method": cfg.method, "seed": cfg.seed, "images_per_shard": cfg.images_per_shard,
                 "splits": cfg.splits, "png": cfg.png,
                 "generator": str(latest_checkpoint(Path(cfg.gan) / "checkpoints")),

@@ -272,8 +272,8 @@ class Sweep:
                 log.warning("trial %d: job %s is gone; resubmitting", trial.trial, trial.job_id)
                 self._submit(trial)
             else:
-                trial.status, trial.error, trial.ended = "failed", f"job {trial.job_id} gone after resubmission", \
-                    time.time()
+                trial.status, trial.ended = "failed", time.time()
+                trial.error = f"job {trial.job_id} gone after resubmission"
                 self._tell(trial)
         self.save()
 

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from torch.utils.tensorboard import SummaryWriter
 
-from kssgan_hpc.config import dump_yaml
+from kssgan_hpc.config import dump_yaml, from_dict
 from kssgan_hpc.config.core import ConfigError
 from kssgan_hpc.config.train import LoopConfig, ModelConfig
 from kssgan_hpc.data.shards import atomic_write_text
@@ -305,6 +306,15 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
             return candidate
     complete = sorted(p for p in checkpoints.glob("step-*") if (p / "complete").is_file())
     return complete[-1] if complete else None
+
+
+def checkpoint_with_config(run_dir: str | Path, cls: type, stage: str) -> tuple[Path, Any]:
+    """The newest complete checkpoint of a `stage` run and the config it was trained with."""
+    path = latest_checkpoint(Path(run_dir) / "checkpoints")
+    if path is None:
+        label = {"siamese": "Siamese", "gan": "GAN"}.get(stage, stage)
+        raise FileNotFoundError(f"{run_dir}: no complete {label} checkpoint (run `kssgan train {stage}` first)")
+    return path, from_dict(cls, yaml.safe_load((path / "config.yaml").read_text()), str(path / "config.yaml"))
 
 
 def _as_tuple(value: Any) -> Any:

@@ -18,26 +18,21 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from safetensors.torch import load_file
 
-from kssgan_hpc.config import from_dict
 from kssgan_hpc.config.train import GanConfig
 from kssgan_hpc.data.dataset import FaceShards, collate_faces
 from kssgan_hpc.evaluate.kid import kernel_inception_distance
 from kssgan_hpc.ksame.build import cluster_dataset, load_clusters, load_siamese
 from kssgan_hpc.models import Generator
-from kssgan_hpc.train.run import latest_checkpoint, to_unit
+from kssgan_hpc.train.run import checkpoint_with_config, to_unit
 
 log = logging.getLogger(__name__)
 
 
 def load_generator(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[Generator, GanConfig]:
     """The EMA generator of a GAN run's newest checkpoint, frozen, in eval mode (safetensors)."""
-    path = latest_checkpoint(Path(run_dir) / "checkpoints")
-    if path is None:
-        raise FileNotFoundError(f"{run_dir}: no complete GAN checkpoint (run `kssgan train gan` first)")
-    cfg = from_dict(GanConfig, yaml.safe_load((path / "config.yaml").read_text()), str(path / "config.yaml"))
+    path, cfg = checkpoint_with_config(run_dir, GanConfig, "gan")
     generator = Generator(cfg.model)
     generator.load_state_dict(load_file(path / "extra-ema_g.safetensors"))
     return generator.to(device).eval().requires_grad_(False), cfg
