@@ -36,5 +36,8 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ShardError, FileNotFoundError, ValueError) as err:
         print(f"kssgan anonymize: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # the gate refused the generator (gate.fallback=refuse)
+        print(f"kssgan anonymize: {err}", file=sys.stderr)
+        return 1
     print(f"release: {release}  (manifest.json; cluster membership stays in {release.parent / 'private'})")
     return 0

@@ -1,6 +1,7 @@
-"""`kssgan evaluate`: report.json + contact sheets — re-identification by the project's Siamese and
-two independent recognizers, k-anonymity of the release, utility and realism, for kSS-GAN and the
-blur, pixelation and k-Same-Pixel baselines on the same faces."""
+"""`kssgan evaluate`: report.json + contact sheets — re-identification by every attacker (the project's
+Siamese, dlib, SFace, low-pass and eigenface nearest neighbour, parrot) on training and on held-out
+people, k-anonymity of the release, utility and realism, for kSS-GAN, k-Same-Aligned and the blur,
+pixelation and k-Same-Pixel baselines on the same faces."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--include-originals", action="store_true",
                    help="also write contact_sheet_SENSITIVE_originals.png (shows source faces)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. ks=[2,4] recognizers=[siamese,sface]")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. ks=[2,4] attackers=[siamese,sface,parrot]")
     p.set_defaults(run=run)
 
 
@@ -37,9 +38,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"kssgan evaluate: error: {err}", file=sys.stderr)
         return 2
     print(format_headline(report))
+    failed = [key for key, value in report["verdicts"].items() if value is False]
+    print("verdicts: " + ("all hold" if not failed else "NOT HOLDING: " + ", ".join(failed)))
     if report["release"] is not None:
         problems = report["release"]["forbidden_fields"]
-        print(f"release {report['release']['path']}: clusters {report['release']['clusters']}; "
-              f"{'clean' if not problems else 'NOT CLEAN: ' + '; '.join(problems)}")
+        print(f"release {report['release']['path']}: shipped {report['release']['shipped']}; clusters "
+              f"{report['release']['clusters']}; {'clean' if not problems else 'NOT CLEAN: ' + '; '.join(problems)}")
     print(f"report: {cfg.out}/report.json   contact sheets: {', '.join(report['contact_sheets'])}")
     return 0

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from kssgan_hpc.config.core import ConfigError
+from kssgan_hpc.config.gate import ATTACKERS, GateConfig
 
 RECOGNIZERS = ("siamese", "dlib", "sface")
-"""The re-identification attackers (kssgan_hpc/evaluate/recognizers.py)."""
+"""The face recognizers among the attackers (kssgan_hpc/evaluate/recognizers.py)."""
 
 
 @dataclass(kw_only=True)
@@ -29,7 +30,12 @@ class AnonymizeConfig:
     """Anonymity of the release: every released identity stands for at least k source people."""
     method: Literal["mdav", "kmeans"] = "mdav"
     seed: int = 0
-    """Seed of the clustering and of the release's image order."""
+    """Seed of the clustering (the release's image order and noise come from a secret seed drawn per
+    release, kept in out/private/settings.json)."""
+    gate_split: str = "test"
+    """Held-out people (never trained on) on whom the generator is attacked before anything is
+    written; with `input`, the input's people."""
+    gate: GateConfig = field(default_factory=GateConfig)
     batch_size: int = 32
     images_per_shard: int = 256
     png: bool = False
@@ -50,22 +56,25 @@ class AnonymizeConfig:
 @dataclass(kw_only=True)
 class EvaluateConfig:
     gan: str = "runs/demo/gan"
-    """GAN run folder (EMA generator; its config names the Siamese, the attacker who knows the system)."""
+    """GAN run folder (its shipped EMA generator; its config names the Siamese, the attacker who knows the system)."""
     data: str = "runs/demo/data"
     """Prepped dataset: the faces de-identified and attacked."""
-    split: Literal["train", "val", "test"] = "train"
-    """Whose faces are de-identified and re-identified (needs more identities than the largest k)."""
-    heldout: list[str] = field(default_factory=lambda: ["val", "test"])
-    """Splits whose real faces the realism (KID) of every method is measured against."""
+    training_split: Literal["train", "val", "test"] = "train"
+    """The people the Siamese and G trained on (does G memorise its sources?)."""
+    heldout_split: Literal["train", "val", "test"] = "test"
+    """People neither network saw (the real use); needs at least max(ks) people, 2k for a clear read."""
     release: str | None = "runs/demo/release"
-    """A `kssgan anonymize` output folder: its cluster records are checked (>= k) and its files scanned
-    for traceable fields. None skips both."""
+    """A `kssgan anonymize` output folder: its cluster records are checked (>= k), its files scanned
+    for traceable fields, and its gate verdict reported. None skips all three."""
     out: str = "runs/demo/report"
     ks: list[int] = field(default_factory=lambda: [2, 4, 8])
-    recognizers: list[str] = field(default_factory=lambda: ["siamese", "dlib", "sface"])
+    attackers: list[str] = field(default_factory=lambda: list(ATTACKERS))
+    """Re-identification attackers, each with a gallery of original faces (evaluate/attackers.py)."""
+    tolerance: float = 0.05
+    """A k-method is within bound when its worst attacker's rank-1 is <= 1/k + tolerance."""
     gallery_per_identity: int = 5
     """Original images per identity in the attacker's gallery (its mean embedding is the template)."""
-    probes_per_identity: int = 3
+    probes_per_identity: int = 5
     """Other images per identity that are de-identified and used as probes."""
     blur_sigma: float = -1.0
     """Gaussian blur baseline, in pixels; negative: resolution / 16."""
@@ -73,6 +82,7 @@ class EvaluateConfig:
     """Pixelation baseline block side; negative: resolution / 8."""
     method: Literal["mdav", "kmeans"] = "mdav"
     seed: int = 0
+    """Seed of the clustering and of the generator's noise in the evaluation."""
     include_originals: bool = False
     """Also write contact_sheet_SENSITIVE_originals.png, which shows the source faces."""
     device: str = "auto"
@@ -82,7 +92,8 @@ class EvaluateConfig:
             raise ConfigError(f"ks={self.ks} is invalid; every k must be >= 2")
         if self.gallery_per_identity < 1 or self.probes_per_identity < 1:
             raise ConfigError("gallery_per_identity and probes_per_identity must be >= 1")
-        unknown = sorted(set(self.recognizers) - set(RECOGNIZERS))
-        if unknown:
-            raise ConfigError(f"recognizers: unknown {unknown}; use some of {', '.join(RECOGNIZERS)}")
-
+        unknown = sorted(set(self.attackers) - set(ATTACKERS))
+        if unknown or not self.attackers:
+            raise ConfigError(f"attackers: unknown {unknown or 'none given'}; use some of {', '.join(ATTACKERS)}")
+        if self.training_split == self.heldout_split:
+            raise ConfigError(f"training_split and heldout_split are both {self.training_split!r}")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from kssgan_hpc.config.core import ConfigError
+from kssgan_hpc.config.gate import GateConfig
 
 
 @dataclass(kw_only=True)
@@ -17,7 +18,18 @@ class ModelConfig:
     embed_dim: int = 128
     """Siamese identity embedding size (also the generator's target code input)."""
     code_dim: int = 128
-    """Width of the generator's code MLP that feeds every AdaIN layer."""
+    """Width of the generator's code MLP (z and the label cues) that feeds every AdaIN layer."""
+    z_dim: int = 32
+    """Size of the generator's noise input."""
+    residual_bound: float = 0.25
+    """The generator's output is base + residual with |residual| <= this (images in [-1, 1]): how far
+    it may move from the k-Same-Aligned base face. Small bounds keep faces faces."""
+    cue_landmarks: bool = True
+    """Give the generator the source's 5 landmarks (as heatmaps). Declared cue: pose and geometry."""
+    cue_expression: bool = True
+    """Give the generator the source's expression label (where the data has one)."""
+    cue_pose: bool = True
+    """Give the generator the source's pose label (where the data has one)."""
     siamese_width: int = 32
     """Channels of the Siamese encoder's first level; doubles per level up to max_width."""
     generator_width: int = 32
@@ -31,7 +43,10 @@ class ModelConfig:
         r = self.resolution
         if r < 32 or r > 1024 or r & (r - 1):
             raise ConfigError(f"model.resolution={r} is invalid; use a power of two from 32 to 1024")
-        for name in ("embed_dim", "code_dim", "siamese_width", "generator_width", "discriminator_width", "max_width"):
+        if not 0.0 < self.residual_bound <= 2.0:
+            raise ConfigError(f"model.residual_bound={self.residual_bound} is invalid; use 0 < bound <= 2")
+        for name in ("embed_dim", "code_dim", "z_dim", "siamese_width", "generator_width", "discriminator_width",
+                     "max_width"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name}={getattr(self, name)} is invalid; use >= 1")
 
@@ -170,10 +185,11 @@ class GanConfig(LoopConfig):
     """Cosine similarity to the source identity above which the push acts."""
     w_expression: float = 1.0
     """Weight of expression preservation through D's expression head (where labels exist)."""
-    w_lowfreq: float = 10.0
-    """Weight of the L1 between low-pass versions of output and source (pose, lighting)."""
-    lowfreq_size: int = 8
-    """Side of the low-pass (area-downsampled) images the L1 compares."""
+    w_base: float = 10.0
+    """Weight of the L1 between low-pass versions of output and its k-Same-Aligned base face (keeps
+    faces faces; the base is k-anonymous, the source image is in no loss)."""
+    base_size: int = 16
+    """Side of the low-pass (area-downsampled) images the base L1 compares."""
     r1_gamma: float = 1.0
     """R1 penalty weight on D's real-image gradients; 0 disables."""
     r1_every: int = 4
@@ -182,10 +198,16 @@ class GanConfig(LoopConfig):
     """EMA of G's weights, used for sampling and evaluation."""
     log_originals: bool = False
     """Show source faces in TensorBoard. Off by default: logs are for de-identified faces."""
+    select_split: Literal["train", "val", "test"] | None = "val"
+    """Held-out people on whom each checkpoint's EMA generator is attacked (the release gate's
+    measurement); the newest one that passes is kept in out/selected/ and is what ships. null
+    disables (then the newest checkpoint ships, and anonymize's gate decides)."""
+    gate: GateConfig = field(default_factory=GateConfig)
+    """Thresholds of that measurement (the same as `kssgan anonymize`'s gate)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay={self.ema_decay} is invalid; use 0 <= decay < 1")
-        if self.r1_every < 1 or self.lowfreq_size < 1:
-            raise ConfigError("r1_every and lowfreq_size must be >= 1")
+        if self.r1_every < 1 or self.base_size < 1:
+            raise ConfigError("r1_every and base_size must be >= 1")

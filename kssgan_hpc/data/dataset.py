@@ -15,6 +15,9 @@ from torch.utils.data import Dataset, default_collate, get_worker_info
 from kssgan_hpc.data.shards import ShardError, load_manifest, manifest_path, open_shard, split_shards
 
 LABELS = ("identity", "expression", "pose", "gaze", "attributes")
+"""Integer labels of every image (index -1 = unknown)."""
+GEOMETRY = ("landmarks",)
+"""Float per-image geometry: the 5 aligned landmarks [5, 2] (NaN unknown), the generator's declared cue."""
 
 
 class FaceBatch(list):
@@ -54,7 +57,7 @@ class FaceShards(Dataset):
         self.offsets = np.cumsum([0] + [s["images"] for s in shards]).tolist()
         self.resolution = int(self.manifest["resolution"])
         self.channels = int(self.manifest["channels"])
-        collected: dict[str, list[np.ndarray]] = {name: [] for name in LABELS}
+        collected: dict[str, list[np.ndarray]] = {name: [] for name in LABELS + GEOMETRY}
         self.raw_chunks: list[bool] = []
         for shard_path, shard in zip(self.paths, shards):
             with open_shard(shard_path) as f:
@@ -68,11 +71,16 @@ class FaceShards(Dataset):
                 self.raw_chunks.append(images.compression is None and images.chunks == (1, *images.shape[1:]))
                 for name in LABELS:
                     collected[name].append(f[name][:])
+                # A release carries no landmarks (they point back to a source): unknown there.
+                collected["landmarks"].append(f["landmarks"][:] if "landmarks" in f else
+                                              np.full((images.shape[0], 5, 2), np.nan, np.float32))
         num_attributes = len(self.manifest["vocab"].get("attributes", []))
         self.labels = {
             name: np.concatenate(parts) if parts else np.zeros((0, num_attributes) if name == "attributes" else 0)
             for name, parts in collected.items()
         }
+        if not collected["landmarks"]:
+            self.labels["landmarks"] = np.zeros((0, 5, 2), np.float32)
         self._files: dict[int, h5py.File] = {}
         self._pid = os.getpid()
 
@@ -88,6 +96,7 @@ class FaceShards(Dataset):
         image = self._read_image(shard, index - self.offsets[shard])
         labels = {name: int(self.labels[name][index]) for name in LABELS if name != "attributes"}
         labels["attributes"] = torch.from_numpy(self.labels["attributes"][index].astype(np.int64))
+        labels["landmarks"] = torch.from_numpy(self.labels["landmarks"][index].astype(np.float32))
         labels["index"] = index
         return torch.from_numpy(image).permute(2, 0, 1), labels
 
@@ -107,6 +116,7 @@ class FaceShards(Dataset):
             shard = bisect.bisect_right(self.offsets, i) - 1
             self._read_image(shard, i - self.offsets[shard], out=buffer[row])
         labels = {name: self.labels[name][index].astype(np.int64) for name in LABELS}
+        labels["landmarks"] = self.labels["landmarks"][index].astype(np.float32)
         labels["index"] = index
         return FaceBatch(images.permute(0, 3, 1, 2), labels)
 

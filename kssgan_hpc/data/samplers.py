@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+
 import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Sampler

@@ -17,11 +17,16 @@ def identity_gallery(embeddings: np.ndarray, identities: np.ndarray) -> tuple[np
 def cmc(probes: np.ndarray, probe_identities: np.ndarray, gallery_ids: np.ndarray, gallery: np.ndarray,
         ranks: int = 10) -> np.ndarray:
     """Cumulative match characteristic: [r] = share of probes whose true identity is among the r+1
-    gallery identities most similar (cosine) to them."""
+    gallery identities most similar (cosine) to them. Ties are broken at random, in expectation: a
+    probe tied with t others counts (r + 1 - better) / (t + 1) — identical outputs for a whole
+    cluster (k-Same) must score 1/k, not 1."""
     scores = probes @ gallery.T
     true = scores[np.arange(len(probes)), np.searchsorted(gallery_ids, probe_identities)]
-    rank = (scores > true[:, None]).sum(1)  # 0 = the true identity scores highest
-    return np.array([(rank <= r).mean() for r in range(min(ranks, len(gallery_ids)))])
+    tolerance = 1e-9 * np.maximum(np.abs(true), 1.0)
+    better = (scores > true[:, None] + tolerance[:, None]).sum(1)
+    tied = (np.abs(scores - true[:, None]) <= tolerance[:, None]).sum(1) - 1  # others tied with the truth
+    return np.array([np.clip((r + 1 - better) / (tied + 1), 0, 1).mean()
+                     for r in range(min(ranks, len(gallery_ids)))])
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:

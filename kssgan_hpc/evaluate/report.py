@@ -1,14 +1,18 @@
-"""`kssgan evaluate`: privacy, anonymity, utility and realism of kSS-GAN beside three baselines.
+"""`kssgan evaluate`: privacy (every attacker), anonymity, utility and realism of kSS-GAN beside the baselines.
 
-On one split: per identity, `gallery_per_identity` original images form the attacker's gallery
-(their mean embedding is the identity's template) and `probes_per_identity` other images are
-de-identified by every method — Gaussian blur, pixelation, k-Same-Pixel and kSS-GAN (both per k,
-the split's identities k-Same-clustered among themselves, as `kssgan anonymize` does) — and
-re-identified against the gallery by each recognizer (rank-1 and CMC, beside chance 1/identities
-and the k-Same bound 1/k). The originals are the baseline the release must fall from.
+Two populations, each de-identified and attacked on its own: the **training** people (those the
+Siamese and G trained on: does G memorise its training sources?) and the **held-out** people
+(never seen by either: the real use). In each, per person, `gallery_per_identity` original images
+are the attacker's gallery and `probes_per_identity` other images are de-identified by every
+method — Gaussian blur, pixelation, and per k: k-Same-Pixel, k-Same-Aligned (the generator's base
+and the gate's fallback) and kSS-GAN, the population k-Same-clustered among itself as `kssgan
+anonymize` does — and attacked by every attacker (evaluate/attackers.py): rank-1 and CMC beside 1/k,
+a one-sided binomial p-value against 1/k, and the worst attacker. Per method also: faces detected
+(YuNet), landmark drift, SSIM, PSNR, expression accuracy and KID in SFace's space against real
+faces of the people outside the population.
 
-report.json holds every figure; contact_sheet.png shows, per cluster, the baselines and kSS-GAN
-outputs (k-anonymous or blurred only). Source faces appear only in
+report.json holds every figure; contact_sheet.png shows, per cluster of held-out people, the methods
+no attacker re-identifies above 1/k + 0.1 (the others are withheld). Source faces appear only in
 contact_sheet_SENSITIVE_originals.png, written with include_originals.
 """
 
@@ -24,38 +28,24 @@ import numpy as np
 import torch
 
 from kssgan_hpc import __version__
+from kssgan_hpc.artefacts import load_generator, load_siamese
 from kssgan_hpc.config.release import EvaluateConfig
 from kssgan_hpc.data.dataset import FaceShards
-from kssgan_hpc.data.shards import atomic_write_json
+from kssgan_hpc.data.shards import SPLITS, atomic_write_json
+from kssgan_hpc.evaluate.attackers import make_attacker
 from kssgan_hpc.evaluate.baselines import gaussian_blur, ksame_pixel, pixelate
 from kssgan_hpc.evaluate.kid import kernel_inception_distance
-from kssgan_hpc.evaluate.measures import cmc, identity_gallery, landmark_drift, psnr, ssim
-from kssgan_hpc.evaluate.recognizers import SFaceRecognizer, YuNet, make_recognizer, upscale
-from kssgan_hpc.ksame.build import cluster_statistics, identity_statistics, load_siamese
-from kssgan_hpc.release.anonymize import deidentify
+from kssgan_hpc.evaluate.measures import landmark_drift, psnr, ssim
+from kssgan_hpc.evaluate.recognizers import SFaceRecognizer, YuNet, upscale
+from kssgan_hpc.ksame.build import identity_statistics, ksame
 from kssgan_hpc.release.checks import check_release_clusters, scan_release
-from kssgan_hpc.train.validate import load_generator
+from kssgan_hpc.release.deidentify import deidentify
+from kssgan_hpc.release.gate import Population, attack_population, population_of, read_images
 
 log = logging.getLogger(__name__)
 
-
-def read_images(data: FaceShards, indices: np.ndarray) -> np.ndarray:
-    """uint8 [N, H, W, C] in the order of `indices`."""
-    return data.__getitems__(indices.tolist()).images.permute(0, 2, 3, 1).numpy().copy()
-
-
-def gallery_and_probes(identities: np.ndarray, gallery: int, probes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per identity, its first images (dataset order) for the gallery and the next ones as probes;
-    identities with fewer than 2 images are left out."""
-    g, p = [], []
-    for identity in np.unique(identities):
-        rows = np.flatnonzero(identities == identity)
-        if len(rows) < 2:
-            continue
-        n_gallery = min(gallery, len(rows) - 1)
-        g.extend(rows[:n_gallery])
-        p.extend(rows[n_gallery:n_gallery + probes])
-    return np.array(g, np.int64), np.array(p, np.int64)
+SHEET_MARGIN = 0.1
+"""A method whose worst attacker re-identifies above 1/k + this is withheld from the default sheet."""
 
 
 def expression_accuracy(train_images: np.ndarray, train_labels: np.ndarray,
@@ -80,30 +70,6 @@ def expression_accuracy(train_images: np.ndarray, train_labels: np.ndarray,
     mask = labels >= 0
     return {name: float((classifier.predict(features(images[mask])) == labels[mask]).mean())
             for name, images in methods.items()}
-
-
-def closer_to_cluster(outputs: np.ndarray, clusters: np.ndarray, gallery: np.ndarray) -> float:
-    """Share of clusters whose outputs lie closer (cosine) to their own centroid than to any source
-    identity's template: the released identity is the cluster's, not a member's."""
-    passed = []
-    for c in np.unique(clusters):
-        members = outputs[clusters == c]
-        centroid = members.mean(0)
-        centroid /= max(np.linalg.norm(centroid), 1e-12)
-        to_own = float((members @ centroid).mean())
-        to_source = float((members @ gallery.T).mean(0).max())
-        passed.append(to_own > to_source)
-    return float(np.mean(passed))
-
-
-def reidentifiable(reid: dict[str, dict[str, Any]], method: str, k: int | None, ks: list[int],
-                   margin: float = 0.1) -> float | None:
-    """The rank-1 that keeps `method` off the default contact sheet, or None when it may be shown:
-    above 1/k (1/min(ks) for methods without k) + margin for an independent recognizer (the
-    Siamese only when no other was run). Such outputs are as good as source faces."""
-    judges = [name for name in reid if name != "siamese"] or list(reid)
-    worst = max(reid[name][method]["rank1"] for name in judges)
-    return worst if worst > (1 / (k or min(ks))) + margin else None
 
 
 def _contact_sheet(path: Path, rows: list[tuple[str, np.ndarray]], clusters: np.ndarray, per_cluster: int = 6,
@@ -134,160 +100,197 @@ def _contact_sheet(path: Path, rows: list[tuple[str, np.ndarray]], clusters: np.
     sheet.save(path)
 
 
+def _methods(pop: Population, cfg: EvaluateConfig, generator: torch.nn.Module, siamese: torch.nn.Module,
+             device: torch.device, sigma: float, block: int) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Every method's outputs on the probes and on the gallery (for the parrot), its k and clusters."""
+    methods: dict[str, dict[str, Any]] = {
+        "original": {"k": None, "probes": pop.probe_images, "gallery": pop.gallery.images},
+        "blur": {"k": None, "probes": gaussian_blur(pop.probe_images, sigma),
+                 "gallery": gaussian_blur(pop.gallery.images, sigma)},
+        "pixelate": {"k": None, "probes": pixelate(pop.probe_images, block),
+                     "gallery": pixelate(pop.gallery.images, block)}}
+    anonymity: dict[str, Any] = {}
+    stats = identity_statistics(siamese, pop.data, 64, device)  # one pass serves every k
+    for k in cfg.ks:
+        population = ksame(stats, k, method=cfg.method, seed=cfg.seed)
+        clusters = population.clusters_of(pop.probe_ids)
+        cluster_of = {int(i): int(c) for i, c in zip(population.ids, population.clusters_of(population.ids))}
+        faces = population.pixel.transpose(0, 2, 3, 1)
+        methods[f"ksame_pixel@{k}"] = {"probes": ksame_pixel(pop.probe_ids, cluster_of, faces),
+                                       "gallery": ksame_pixel(pop.gallery.identities, cluster_of, faces)}
+        for method in ("ksame_aligned", "kssgan"):
+            # Probe and gallery images draw different z (keys): the attacker cannot replay the noise.
+            run = {part: deidentify(method, population, pop.cues(rows), generator=generator, seed=cfg.seed + k,
+                                    keys=rows, device=device)
+                   for part, rows in (("probes", pop.probe_rows), ("gallery", pop.gallery_rows))}
+            methods[f"{method}@{k}"] = run
+        for name in ("ksame_pixel", "ksame_aligned", "kssgan"):
+            methods[f"{name}@{k}"].update(k=k, clusters=clusters)
+        sizes = [len(g) for g in population.groups]
+        anonymity[str(k)] = {"clusters": len(sizes), "min_identities_per_cluster": min(sizes),
+                             "max_identities_per_cluster": max(sizes), "every_cluster_at_least_k": min(sizes) >= k}
+    return methods, anonymity
+
+
+def evaluate_population(pop: Population, reference: np.ndarray, cfg: EvaluateConfig, generator: torch.nn.Module,
+                        siamese: torch.nn.Module, attackers: dict[str, Any], detector: YuNet, sface: SFaceRecognizer,
+                        device: torch.device) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Every method, every attacker, every measure on one population; also the outputs (for sheets)."""
+    resolution = pop.data.resolution
+    sigma = cfg.blur_sigma if cfg.blur_sigma >= 0 else resolution / 16
+    block = cfg.pixelate_block if cfg.pixelate_block > 0 else max(1, resolution // 8)
+    methods, anonymity = _methods(pop, cfg, generator, siamese, device, sigma, block)
+    probes = pop.probe_images
+    expression = expression_accuracy(pop.gallery.images, pop.data.labels["expression"][pop.gallery_rows],
+                                     {m: v["probes"] for m, v in methods.items()},
+                                     pop.data.labels["expression"][pop.probe_rows])
+    marks_original = [detector.detect(upscale(im)) for im in probes]
+    cache: dict[str, Any] = {}
+    results: dict[str, Any] = {}
+    for method, outputs in methods.items():
+        log.info("attacking %s (%d probes)", method, len(outputs["probes"]))
+        k = outputs["k"]
+        entry = attack_population(pop, outputs["probes"], outputs["gallery"], k, attackers, cache)
+        drift, found = landmark_drift(marks_original, [detector.detect(upscale(im)) for im in outputs["probes"]])
+        values = psnr(probes, outputs["probes"])
+        kid, kid_std = kernel_inception_distance(reference, sface.embed(outputs["probes"]), subsets=50,
+                                                 subset_size=200, seed=cfg.seed)
+        bound = None if k is None else 1 / k + cfg.tolerance
+        entry.update({
+            "k": k, "k_bound": None if k is None else 1 / k,
+            "within_bound": None if bound is None else entry["worst"]["rank1"] <= bound,
+            "faces_detected": found, "landmark_drift_iod": drift, "ssim": float(ssim(probes, outputs["probes"]).mean()),
+            "psnr_db": float(np.mean(values[np.isfinite(values)])) if np.isfinite(values).any() else None,
+            "expression_accuracy": None if expression is None else expression[method], "kid": kid, "kid_std": kid_std})
+        results[method] = entry
+    summary = {"split": pop.data.split, "identities": pop.identities, "gallery_images": len(pop.gallery_rows),
+               "probes": len(pop.probe_rows), "kid_reference_images": len(reference), "anonymity": anonymity,
+               "methods": results}
+    return summary, methods
+
+
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     tick = time.time()
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    generator, gan_cfg = load_generator(cfg.gan, device)
+    generator, gan_cfg, weights = load_generator(cfg.gan, device)
     siamese, _ = load_siamese(gan_cfg.siamese, device)
-    data = FaceShards(Path(cfg.data), cfg.split)
-    resolution = data.resolution
-    identities = data.labels["identity"]
-    gallery_rows, probe_rows = gallery_and_probes(identities, cfg.gallery_per_identity, cfg.probes_per_identity)
-    gallery_images, probe_images = read_images(data, gallery_rows), read_images(data, probe_rows)
-    gallery_ids, probe_ids = identities[gallery_rows], identities[probe_rows]
-    n_ids = len(np.unique(probe_ids))
-    sigma = cfg.blur_sigma if cfg.blur_sigma >= 0 else resolution / 16
-    block = cfg.pixelate_block if cfg.pixelate_block > 0 else max(1, resolution // 8)
-    methods: dict[str, np.ndarray] = {"original": probe_images, "blur": gaussian_blur(probe_images, sigma),
-                                      "pixelate": pixelate(probe_images, block)}
-    k_of: dict[str, int | None] = {"original": None, "blur": None, "pixelate": None}
-    clusters_of_method: dict[str, np.ndarray] = {}
-    anonymity: dict[str, Any] = {}
-    ids, embeddings, identity_faces = identity_statistics(siamese, data, 64, device)  # once for every k
-    for k in cfg.ks:
-        if k > n_ids:
-            anonymity[str(k)] = {"skipped": f"only {n_ids} identities in {cfg.split}"}
-            continue
-        groups, targets, pixel = cluster_statistics(embeddings, identity_faces, k, method=cfg.method, seed=cfg.seed)
-        cluster_of = {int(ids[i]): c for c, group in enumerate(groups) for i in group}
-        clusters = np.array([cluster_of[int(i)] for i in probe_ids])
-        faces = pixel.round().clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
-        methods[f"ksame_pixel@{k}"] = ksame_pixel(probe_ids, cluster_of, faces)
-        target = torch.from_numpy(targets).to(device)[torch.from_numpy(clusters).to(device)]
-        generated = deidentify(generator, torch.from_numpy(probe_images).permute(0, 3, 1, 2), target)
-        methods[f"kssgan@{k}"] = generated.permute(0, 2, 3, 1).numpy()
-        k_of[f"ksame_pixel@{k}"] = k_of[f"kssgan@{k}"] = k
-        clusters_of_method[f"kssgan@{k}"] = clusters
-        sizes = [len(g) for g in groups]
-        anonymity[str(k)] = {"clusters": len(groups), "min_identities_per_cluster": min(sizes),
-                             "max_identities_per_cluster": max(sizes), "every_cluster_at_least_k": min(sizes) >= k}
-
-    reid: dict[str, Any] = {}
-    recognizers: dict[str, Any] = {}
-    sface_features: dict[str, np.ndarray] = {}
-    for name in cfg.recognizers:
-        recognizer = make_recognizer(name, gan_cfg.siamese, device)
-        log.info("re-identifying with %s", recognizer.name)
-        gids, templates = identity_gallery(recognizer.embed(gallery_images), gallery_ids)
-        reid[name] = {}
-        for method, images in methods.items():
-            embeddings = recognizer.embed(images)
-            curve = cmc(embeddings, probe_ids, gids, templates)
-            entry = {"rank1": float(curve[0]), "cmc": [round(float(v), 4) for v in curve], "k": k_of[method],
-                     "chance": 1 / len(gids), "k_bound": None if k_of[method] is None else 1 / k_of[method]}
-            if method in clusters_of_method:
-                entry["clusters_closer_to_own_centroid"] = closer_to_cluster(
-                    embeddings, clusters_of_method[method], templates)
-            reid[name][method] = entry
-            if isinstance(recognizer, SFaceRecognizer):
-                sface_features[method] = embeddings
-        recognizers[name] = {**recognizer.describe(), **(
-            {"faces_detected": round(recognizer.detected / max(recognizer.seen, 1), 4)}
-            if hasattr(recognizer, "detected") else {})}
-
-    # Utility: how much changed, where the landmarks went, whether expression survives.
-    detector = YuNet()
-    marks = {m: [detector.detect(upscale(im)) for im in images] for m, images in methods.items()}
-    expression = expression_accuracy(gallery_images, data.labels["expression"][gallery_rows], methods,
-                                     data.labels["expression"][probe_rows])
-    utility = {}
-    for method, images in methods.items():
-        drift, found = landmark_drift(marks["original"], marks[method])
-        values = psnr(probe_images, images)
-        utility[method] = {"ssim": float(ssim(probe_images, images).mean()),
-                           "psnr_db": float(np.mean(values[np.isfinite(values)])) if np.isfinite(values).any()
-                           else None, "landmark_drift_iod": drift, "faces_detected": found,
-                           "expression_accuracy": None if expression is None else expression[method]}
-
-    # Realism: KID against real faces of held-out people, in SFace's feature space (independent of
-    # the generator, which never saw SFace; of the Siamese, which the attacker above uses).
-    sface = SFaceRecognizer()
-    realism: dict[str, Any] = {"feature_space": sface.describe(), "reference_splits": cfg.heldout}
-    held = [FaceShards(Path(cfg.data), split) for split in cfg.heldout]
-    if sum(len(h) for h in held) >= 2:
-        reference = sface.embed(np.concatenate([read_images(h, np.arange(len(h))) for h in held if len(h)]))
-        realism["reference_images"] = len(reference)
-        for method, images in methods.items():
-            features = sface_features[method] if method in sface_features else sface.embed(images)
-            mean, std = kernel_inception_distance(reference, features, subsets=50, subset_size=200, seed=cfg.seed)
-            realism[method] = {"kid": mean, "kid_std": std}
+    attackers = {name: make_attacker(name, gan_cfg.siamese, device) for name in cfg.attackers}
+    detector, sface = YuNet(), SFaceRecognizer()
+    populations: dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
+    for label, split in (("training", cfg.training_split), ("heldout", cfg.heldout_split)):
+        data = FaceShards(Path(cfg.data), split)
+        pop = population_of(data, cfg.gallery_per_identity, cfg.probes_per_identity)
+        if pop.identities < max(cfg.ks):
+            raise ValueError(f"{cfg.data}: the {label} split '{split}' has {pop.identities} people with 2+ images; "
+                             f"k={max(cfg.ks)} needs at least that many (lower ks or change the split fractions)")
+        others = [FaceShards(Path(cfg.data), s) for s in SPLITS if s != split]
+        reference = sface.embed(np.concatenate([read_images(o, np.arange(len(o))) for o in others if len(o)]))
+        log.info("evaluating the %s people (%s: %d people)", label, split, pop.identities)
+        populations[label], outputs[label] = evaluate_population(pop, reference, cfg, generator, siamese, attackers,
+                                                                 detector, sface, device)
 
     release: dict[str, Any] | None = None
     if cfg.release:
         private, shipped = Path(cfg.release) / "private", Path(cfg.release) / "release"
         sources = [json.loads(line) for line in (Path(cfg.data) / "sources.jsonl").read_text().splitlines()]
         names = [s.get("path", "") for s in sources] + [s.get("sha256", "") for s in sources]
-        problems = scan_release(shipped, names)
+        gate = json.loads((private / "gate.json").read_text()) if (private / "gate.json").is_file() else None
         release = {"path": str(shipped), "clusters": check_release_clusters(private),
-                   "k": json.loads((shipped / "manifest.json").read_text())["k"], "forbidden_fields": problems}
+                   "k": json.loads((shipped / "manifest.json").read_text())["k"],
+                   "shipped": None if gate is None else gate["shipped"],
+                   "gate_reasons": None if gate is None else gate["generator"].get("reasons"),
+                   "forbidden_fields": scan_release(shipped, names)}
 
-    sheet_k = next((k for k in sorted(cfg.ks) if f"kssgan@{k}" in methods), None)
-    sheets: list[str] = []
-    withheld: list[dict[str, Any]] = []  # rows too re-identifiable for the default sheet
-    if sheet_k is not None:
-        shown = [("blur", "blur"), ("pixelate", "pixelate"), (f"k-Same-Pixel k={sheet_k}", f"ksame_pixel@{sheet_k}"),
-                 (f"kSS-GAN k={sheet_k}", f"kssgan@{sheet_k}")]
-        rows = [(label, methods[method]) for label, method in shown]
-        safe_rows = []
-        for label, method in shown:
-            rank1 = reidentifiable(reid, method, k_of[method], cfg.ks) if reid else None
-            if rank1 is None:
-                safe_rows.append((label, methods[method]))
-            else:
-                withheld.append({"method": method, "rank1": rank1})
-                safe_rows.append((f"{label}: WITHHELD", np.full_like(methods[method], 128)))
-        clusters = clusters_of_method[f"kssgan@{sheet_k}"]
-        _contact_sheet(out / "contact_sheet.png", safe_rows, clusters)
-        sheets.append(str(out / "contact_sheet.png"))
-        if cfg.include_originals:
-            _contact_sheet(out / "contact_sheet_SENSITIVE_originals.png", [("SOURCE", probe_images), *rows], clusters)
-            sheets.append(str(out / "contact_sheet_SENSITIVE_originals.png"))
-
-    report = {"created_by": f"kssgan-hpc {__version__}", "date": time.strftime("%Y-%m-%d"), "split": cfg.split,
-              "identities": n_ids, "gallery_images": len(gallery_rows), "probes": len(probe_rows),
-              "resolution": resolution, "baselines": {"blur_sigma_px": sigma, "pixelate_block_px": block},
-              "recognizers": recognizers, "reidentification": reid, "anonymity": anonymity, "utility": utility,
-              "realism": realism, "release": release, "contact_sheets": sheets,
-              "contact_sheet_withheld": withheld,
-              "seconds": round(time.time() - tick, 1)}
+    sheets, withheld = _sheets(cfg, out, populations["heldout"], outputs["heldout"])
+    report = {"created_by": f"kssgan-hpc {__version__}", "date": time.strftime("%Y-%m-%d"),
+              "generator": str(weights), "resolution": generator.cfg.resolution,
+              "attackers": {name: a.name for name, a in attackers.items()}, "tolerance": cfg.tolerance,
+              "populations": populations, "release": release, "contact_sheets": sheets,
+              "contact_sheet_withheld": withheld, "seconds": round(time.time() - tick, 1)}
     report["headline"] = headline(report)
+    report["verdicts"] = verdicts(report)
     atomic_write_json(out / "report.json", report)
     return report
 
 
+def _sheets(cfg: EvaluateConfig, out: Path, summary: dict[str, Any],
+            methods: dict[str, dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The held-out people's contact sheet at the k nearest 4; rows an attacker re-identifies withheld."""
+    k = min(cfg.ks, key=lambda v: abs(v - 4))
+    shown = [("blur", "blur"), ("pixelate", "pixelate"), (f"k-Same-Pixel k={k}", f"ksame_pixel@{k}"),
+             (f"k-Same-Aligned k={k}", f"ksame_aligned@{k}"), (f"kSS-GAN k={k}", f"kssgan@{k}")]
+    rows, safe_rows, withheld = [], [], []
+    for label, method in shown:
+        images = methods[method]["probes"]
+        rows.append((label, images))
+        rank1 = summary["methods"][method]["worst"]["rank1"]
+        if rank1 > 1 / (methods[method]["k"] or min(cfg.ks)) + SHEET_MARGIN:
+            withheld.append({"method": method, "rank1": rank1,
+                             "attacker": summary["methods"][method]["worst"]["attacker"]})
+            safe_rows.append((f"{label}: WITHHELD", np.full_like(images, 128)))
+        else:
+            safe_rows.append((label, images))
+    clusters = methods[f"kssgan@{k}"]["clusters"]
+    _contact_sheet(out / "contact_sheet.png", safe_rows, clusters)
+    sheets = [str(out / "contact_sheet.png")]
+    if cfg.include_originals:
+        _contact_sheet(out / "contact_sheet_SENSITIVE_originals.png",
+                       [("SOURCE", methods["original"]["probes"]), *rows], clusters)
+        sheets.append(str(out / "contact_sheet_SENSITIVE_originals.png"))
+    return sheets, withheld
+
+
 def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per method: rank-1 per recognizer, SSIM, KID."""
+    """One row per population and method: rank-1 per attacker, the worst, its p-value, faces, drift, SSIM, KID."""
     rows = []
-    for method in report["utility"]:
-        row: dict[str, Any] = {"method": method}
-        for name, results in report["reidentification"].items():
-            row[f"rank1/{name}"] = results[method]["rank1"]
-        any_rec = next(iter(report["reidentification"].values()), {})
-        row["k_bound"] = any_rec.get(method, {}).get("k_bound")
-        row["ssim"] = report["utility"][method]["ssim"]
-        row["kid"] = report["realism"].get(method, {}).get("kid")
-        rows.append(row)
+    for label, population in report["populations"].items():
+        for method, entry in population["methods"].items():
+            row: dict[str, Any] = {"people": label, "method": method, "1/k": entry["k_bound"]}
+            row.update({name: result["rank1"] for name, result in entry["attackers"].items()})
+            row.update({"worst": entry["worst"]["rank1"], "p": entry["worst"]["p_value"],
+                        "faces": entry["faces_detected"], "drift": entry["landmark_drift_iod"],
+                        "ssim": entry["ssim"], "kid": entry["kid"]})
+            rows.append(row)
     return rows
+
+
+def verdicts(report: dict[str, Any]) -> dict[str, Any]:
+    """What the issue of record asks of the release, answered from the figures above."""
+    out: dict[str, Any] = {}
+    for label, population in report["populations"].items():
+        methods = population["methods"]
+        ks = sorted({e["k"] for e in methods.values() if e["k"] is not None})
+        for name in ("kssgan", "ksame_aligned"):
+            out[f"{label}/{name}/every_attacker_within_1/k+tolerance"] = all(
+                methods[f"{name}@{k}"]["within_bound"] for k in ks)
+            out[f"{label}/{name}/faces_detected_min"] = min(methods[f"{name}@{k}"]["faces_detected"] for k in ks)
+        for k in ks:
+            gan, pixel, aligned = methods[f"kssgan@{k}"], methods[f"ksame_pixel@{k}"], methods[f"ksame_aligned@{k}"]
+            out[f"{label}/k={k}/kssgan_beats_ksame_pixel_on_kid"] = gan["kid"] < pixel["kid"]
+            out[f"{label}/k={k}/kssgan_beats_ksame_pixel_on_drift"] = (
+                None if gan["landmark_drift_iod"] is None or pixel["landmark_drift_iod"] is None
+                else gan["landmark_drift_iod"] < pixel["landmark_drift_iod"])
+            out[f"{label}/k={k}/kssgan_beats_ksame_aligned_on_kid"] = gan["kid"] < aligned["kid"]
+    return out
 
 
 def format_headline(report: dict[str, Any]) -> str:
     rows = report["headline"]
     columns = list(rows[0])
-    lines = ["  ".join(f"{c:>16}" for c in columns)]
-    for row in rows:
-        cells = [f"{row[c]:>16.3f}" if isinstance(row[c], float) else f"{str(row[c]):>16}" for c in columns]
-        lines.append("  ".join(cells))
+    width = {c: max(len(c), 6) for c in columns}
+    width["method"] = max(len(r["method"]) for r in rows)
+
+    def cell(value: Any, c: str) -> str:
+        if isinstance(value, float):
+            text = f"{value:.0e}" if c == "p" and value < 0.001 else f"{value:.3f}"
+        else:
+            text = "-" if value is None else str(value)
+        return f"{text:>{width[c]}}"
+
+    lines = ["  ".join(f"{c:>{width[c]}}" for c in columns)]
+    lines += ["  ".join(cell(row[c], c) for c in columns) for row in rows]
     return "\n".join(lines)

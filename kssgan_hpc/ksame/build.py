@@ -1,49 +1,78 @@
 """`kssgan cluster`: frozen Siamese -> one embedding per identity -> k-Same clusters -> clusters.json.
 
-Beside clusters.json: `<name>-pixel.safetensors`, the k-Same-Pixel average face of every cluster
-(k-anonymous by construction, so it may be shown in logs).
+Beside clusters.json: `<name>-faces.safetensors` with, per cluster, the k-Same-Pixel average face
+and the k-Same-Aligned template (members moved onto the mean landmark frame, then averaged), both
+k-anonymous by construction (so they may be shown in logs), and the mean frame itself.
+
+`KSame` is k-Same over one population (the training people, or one released split): clusters,
+surrogate embeddings, and the base faces the generator and the k-Same methods start from.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from kssgan_hpc.config.train import ClusterConfig, SiameseConfig
+from kssgan_hpc.artefacts import cluster_faces_path, load_cluster_faces, load_clusters, load_siamese
+from kssgan_hpc.config.train import ClusterConfig
 from kssgan_hpc.data.dataset import FaceShards, collate_faces
 from kssgan_hpc.data.shards import atomic_write_json, load_manifest
-from kssgan_hpc.ksame.clusters import average_faces, check_clusters, cluster_identities, surrogate_targets
-from kssgan_hpc.models import SiameseEncoder
-from kssgan_hpc.train.run import checkpoint_with_config, to_unit
+from kssgan_hpc.ksame.aligned import mean_frame, render, to_frame
+from kssgan_hpc.ksame.clusters import average_faces, cluster_identities, surrogate_targets
+from kssgan_hpc.train.run import to_unit
 
 log = logging.getLogger(__name__)
 
 
-def load_siamese(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[SiameseEncoder, SiameseConfig]:
-    """The newest checkpoint of a Siamese run, frozen, in eval mode (weights from safetensors)."""
-    path, cfg = checkpoint_with_config(run_dir, SiameseConfig, "siamese")
-    model = SiameseEncoder(cfg.model)
-    model.load_state_dict(load_file(path / "siamese.safetensors"))
-    model.to(device).eval().requires_grad_(False)
-    return model, cfg
+@dataclass
+class IdentityStatistics:
+    """Per identity of one population (rows in `ids` order)."""
+
+    ids: np.ndarray
+    """Sorted identity ids."""
+    embeddings: np.ndarray
+    """[n, d] normalised mean Siamese embedding."""
+    faces: np.ndarray | None
+    """[n, C, H, W] mean face, 0..255 (k-Same-Pixel's input)."""
+    aligned: np.ndarray | None
+    """[n, C, H, W] mean face after moving every image onto `frame` (k-Same-Aligned's input)."""
+    frame: np.ndarray | None
+    """[5, 2] the population's mean landmark frame."""
+    landmarks: np.ndarray | None = None
+    """[n, 5, 2] mean landmarks of each person (NaN where none are known)."""
+
+
+def identity_landmarks(data: FaceShards, ids: np.ndarray) -> np.ndarray:
+    """Per identity (rows in `ids` order), the mean of its images' 5 landmarks: the geometry that is
+    the person's, as opposed to the pose of one image. From the labels alone (no image is read)."""
+    labels = data.labels
+    out = np.full((len(ids), 5, 2), np.nan, np.float32)
+    for row, identity in enumerate(ids):
+        points = labels["landmarks"][labels["identity"] == identity]
+        points = points[np.isfinite(points).all(axis=(1, 2))]
+        if len(points):
+            out[row] = points.mean(0)
+    return out
 
 
 @torch.no_grad()
 def identity_statistics(model: torch.nn.Module, data: FaceShards, batch_size: int,
-                        device: torch.device | str = "cpu", faces: bool = True,
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Per identity (sorted ids): normalised mean embedding and, with `faces`, the mean face (float,
-    [C, H, W] in 0..255; identities x pixels of memory, so off for large sets)."""
+                        device: torch.device | str = "cpu", faces: bool = True) -> IdentityStatistics:
+    """One pass over `data`: per identity, the mean embedding and, with `faces`, the plain and the
+    landmark-aligned mean face (identities x pixels of memory)."""
     ids = np.unique(data.labels["identity"])
     position = {int(i): n for n, i in enumerate(ids)}
+    frame = mean_frame(data.labels["landmarks"]) if faces else None
     emb_sum = np.zeros((len(ids), 0))
-    face_sum = np.zeros((len(ids), data.channels, data.resolution, data.resolution)) if faces else None
+    shape = (len(ids), data.channels, data.resolution, data.resolution)
+    face_sum, aligned_sum = (np.zeros(shape), np.zeros(shape)) if faces else (None, None)
     counts = np.zeros(len(ids))
     for start in range(0, len(data), batch_size):
         images, labels = collate_faces(data.__getitems__(list(range(start, min(start + batch_size, len(data))))))
@@ -54,76 +83,135 @@ def identity_statistics(model: torch.nn.Module, data: FaceShards, batch_size: in
         np.add.at(emb_sum, rows, emb)
         if faces:
             np.add.at(face_sum, rows, images.numpy().astype(np.float64))
+            moved = to_frame(images.float(), labels["landmarks"].numpy(), frame)
+            np.add.at(aligned_sum, rows, moved.numpy().astype(np.float64))
         np.add.at(counts, rows, 1)
     emb_mean = emb_sum / counts[:, None]
     emb_mean /= np.maximum(np.linalg.norm(emb_mean, axis=1, keepdims=True), 1e-12)
-    return ids, emb_mean, face_sum / counts[:, None, None, None] if faces else None
+    per = counts[:, None, None, None]
+    return IdentityStatistics(ids, emb_mean, face_sum / per if faces else None,
+                              aligned_sum / per if faces else None, frame, identity_landmarks(data, ids))
 
 
-def cluster_dataset(model: torch.nn.Module, data: FaceShards, k: int, *, method: str = "mdav", seed: int = 0,
-                    batch_size: int = 64, device: torch.device | str = "cpu", pixel: bool = True,
-                    ) -> tuple[np.ndarray, list[list[int]], np.ndarray, np.ndarray | None]:
-    """k-Same over the identities of `data`: (identity ids, clusters as rows of ids, surrogate
-    embedding per cluster, with `pixel` the k-Same-Pixel face per cluster)."""
-    ids, embeddings, faces = identity_statistics(model, data, batch_size, device, faces=pixel)
-    return (ids, *cluster_statistics(embeddings, faces, k, method=method, seed=seed))
+@dataclass
+class KSame:
+    """k-Same over one population: every identity in one cluster of >= k identities."""
+
+    k: int
+    ids: np.ndarray
+    groups: list[list[int]]
+    """Clusters as rows of `ids`."""
+    surrogates: np.ndarray
+    """[clusters, d] the Siamese surrogate embedding of every cluster."""
+    pixel: np.ndarray | None = None
+    """[clusters, C, H, W] uint8 k-Same-Pixel faces."""
+    aligned: np.ndarray | None = None
+    """[clusters, C, H, W] uint8 k-Same-Aligned templates in `frame`."""
+    frame: np.ndarray | None = None
+    identity_landmarks: np.ndarray | None = None
+    """[n, 5, 2] each person's mean landmarks (identity_landmarks); private, used to take identity
+    geometry out of the landmark cue."""
+
+    def __post_init__(self) -> None:
+        self._cluster = {int(self.ids[i]): c for c, group in enumerate(self.groups) for i in group}
+        self._row = {int(identity): row for row, identity in enumerate(self.ids)}
+        self.cluster_landmarks = None if self.identity_landmarks is None else np.stack(
+            [np.nanmean(self.identity_landmarks[group], axis=0) for group in self.groups]).astype(np.float32)
+        """[clusters, 5, 2] the mean geometry of each cluster's people (each person weighs the same)."""
+
+    def pose_landmarks(self, identities: np.ndarray | torch.Tensor, landmarks: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The landmark cue with the person taken out: the image's offset from its person's mean
+        landmarks (pose, expression) carried onto its cluster's mean landmarks. The raw landmarks
+        identify people (the parrot attack re-identified k-Same-Aligned posed on them at 0.5 for
+        k = 4 on the demo); what is left of a person's geometry is the cluster's, shared by >= k."""
+        if self.identity_landmarks is None or self.cluster_landmarks is None:
+            raise ValueError("this k-Same population has no landmark statistics")
+        landmarks = np.asarray(landmarks, np.float32)
+        rows = np.array([self._row[int(i)] for i in np.asarray(identities)], np.int64)
+        return self.cluster_landmarks[self.clusters_of(identities)] + (landmarks - self.identity_landmarks[rows])
+
+    def clusters_of(self, identities: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Cluster index of each identity; an identity outside the population is an error."""
+        try:
+            return np.array([self._cluster[int(i)] for i in np.asarray(identities)], np.int64)
+        except KeyError as err:
+            raise ValueError(f"identity {err} is in no k-Same cluster of this population") from None
+
+    def base_faces(self, identities: np.ndarray | torch.Tensor, landmarks: np.ndarray | torch.Tensor,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+        """k-Same-Aligned faces, float [N, C, H, W] in [-1, 1]: each identity's cluster template posed
+        on the given (pose_landmarks) landmarks. Only the cluster and the landmarks go in, never a
+        source image."""
+        if self.aligned is None or self.frame is None:
+            raise ValueError("this k-Same population has no aligned templates")
+        templates = self._templates_on(device)[torch.from_numpy(self.clusters_of(identities)).to(device)]
+        return to_unit(render(templates, self.frame, torch.as_tensor(landmarks, device=device)))
+
+    def _templates_on(self, device: torch.device | str) -> torch.Tensor:
+        cached = getattr(self, "_device_templates", None)
+        if cached is None or cached.device != torch.device(device):
+            cached = torch.from_numpy(self.aligned).to(device).float()
+            self._device_templates = cached
+        return cached
+
+    def ids_of(self, cluster: int) -> list[int]:
+        return [int(self.ids[i]) for i in self.groups[cluster]]
 
 
-def cluster_statistics(embeddings: np.ndarray, faces: np.ndarray | None, k: int, *, method: str = "mdav",
-                       seed: int = 0) -> tuple[list[list[int]], np.ndarray, np.ndarray | None]:
-    """k-Same from identity_statistics' output (one pass over the data serves several k): clusters,
-    surrogate per cluster, k-Same-Pixel face per cluster when `faces` is given."""
-    groups = cluster_identities(embeddings, k, method=method, seed=seed)
-    return groups, surrogate_targets(embeddings, groups), None if faces is None else average_faces(faces, groups)
+def ksame(stats: IdentityStatistics, k: int, *, method: str = "mdav", seed: int = 0) -> KSame:
+    """k-Same over a population from identity_statistics' output (one pass serves several k)."""
+    groups = cluster_identities(stats.embeddings, k, method=method, seed=seed)
+
+    def faces(means: np.ndarray | None) -> np.ndarray | None:
+        return None if means is None else average_faces(means, groups).round().clip(0, 255).astype(np.uint8)
+
+    return KSame(k=k, ids=stats.ids, groups=groups, surrogates=surrogate_targets(stats.embeddings, groups),
+                 pixel=faces(stats.faces), aligned=faces(stats.aligned), frame=stats.frame,
+                 identity_landmarks=stats.landmarks)
+
+
+def ksame_from_file(path: str | Path, data: FaceShards) -> KSame:
+    """The training population's k-Same as `kssgan cluster` wrote it (re-checked on load); `data` is
+    the population's split (for its people's mean landmarks)."""
+    record = load_clusters(path)
+    faces = load_cluster_faces(path)
+    ids = np.array(sorted(i for c in record["clusters"] for i in c["identities"]))
+    row = {int(i): n for n, i in enumerate(ids)}
+    return KSame(k=int(record["k"]), ids=ids, groups=[[row[i] for i in c["identities"]] for c in record["clusters"]],
+                 surrogates=np.array([c["surrogate"] for c in record["clusters"]], np.float32),
+                 pixel=faces["pixel"].numpy(), aligned=faces["aligned"].numpy(), frame=faces["frame"].numpy(),
+                 identity_landmarks=identity_landmarks(data, ids))
 
 
 def build_clusters(cfg: ClusterConfig) -> dict[str, Any]:
-    """Cluster the identities of `cfg.split`; write clusters.json and the k-Same-Pixel faces."""
+    """Cluster the identities of `cfg.split`; write clusters.json and the cluster faces."""
     model, siamese_cfg = load_siamese(cfg.siamese)
     data = FaceShards(Path(cfg.data), cfg.split)
     if data.resolution != siamese_cfg.model.resolution:
         raise ValueError(f"{cfg.data} is {data.resolution}px, the Siamese in {cfg.siamese} expects "
                          f"{siamese_cfg.model.resolution}px")
-    ids, groups, targets, pixel = cluster_dataset(model, data, cfg.k, method=cfg.method, seed=cfg.seed,
-                                                  batch_size=cfg.batch_size)
+    population = ksame(identity_statistics(model, data, cfg.batch_size), cfg.k, method=cfg.method, seed=cfg.seed)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pixel_path = out.with_name(out.stem + "-pixel.safetensors")
-    save_file({"faces": torch.from_numpy(pixel.round().clip(0, 255).astype(np.uint8))}, pixel_path)
+    faces_path = cluster_faces_path(out)
+    tmp = faces_path.with_name(f".{faces_path.name}.tmp-{os.getpid()}")
+    save_file({"pixel": torch.from_numpy(population.pixel), "aligned": torch.from_numpy(population.aligned),
+               "frame": torch.from_numpy(population.frame)}, tmp)
+    os.replace(tmp, faces_path)
     manifest = load_manifest(cfg.data)
     result = {
         "k": cfg.k,
         "method": cfg.method,
         "seed": cfg.seed,
         "split": cfg.split,
-        "identities": len(ids),
+        "identities": len(population.ids),
         "dataset_shards": [s["sha256"] for s in manifest["shards"] if s["split"] == cfg.split],
-        "pixel_faces": pixel_path.name,
-        "clusters": [
-            {"cluster": c, "identities": [int(ids[i]) for i in group], "surrogate": targets[c].tolist()}
-            for c, group in enumerate(groups)
-        ],
+        "cluster_faces": faces_path.name,
+        "clusters": [{"cluster": c, "identities": population.ids_of(c), "surrogate": population.surrogates[c].tolist()}
+                     for c in range(len(population.groups))],
     }
     atomic_write_json(out, result)
-    sizes = [len(g) for g in groups]
-    log.info("%d identities -> %d clusters (sizes %d..%d, k=%d)", len(ids), len(groups), min(sizes), max(sizes), cfg.k)
+    sizes = [len(g) for g in population.groups]
+    log.info("%d identities -> %d clusters (sizes %d..%d, k=%d)", len(population.ids), len(sizes), min(sizes),
+             max(sizes), cfg.k)
     return result
-
-
-def load_clusters(path: str | Path) -> dict[str, Any]:
-    """Read clusters.json and re-check the guarantee (a hand-edited file must not slip through)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no clusters file (run `kssgan cluster` first)") from None
-    members = [c["identities"] for c in data["clusters"]]
-    ids = sorted(i for group in members for i in group)
-    position = {identity: n for n, identity in enumerate(ids)}
-    try:
-        check_clusters([[position[i] for i in group] for group in members], len(set(ids)), data["k"])
-        if len(ids) != len(set(ids)):
-            raise ValueError("an identity appears in two clusters")
-    except ValueError as err:
-        raise ValueError(f"{path}: breaks k-anonymity: {err}") from None
-    return data

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 from kssgan_hpc.config.train import ModelConfig
+from kssgan_hpc.data.shards import NUM_LANDMARKS
+from kssgan_hpc.ksame.aligned import landmark_heatmaps
 from kssgan_hpc.models.blocks import AdaIN, DownBlock, UpBlock, widths
 
 
@@ -25,26 +27,44 @@ class SiameseEncoder(nn.Module):
 
 
 class Generator(nn.Module):
-    """G(face, target identity code) -> face: a U-Net whose decoder is AdaIN-modulated by the code.
+    """G(base face, declared cues, z) -> face = base + bounded residual. No source pixels go in.
 
-    The skips carry what should survive de-identification (expression, pose, lighting); the
-    code decides who the output looks like.
+    `base` is the cluster's k-Same-Aligned face posed on the source's landmarks: a function of the
+    cluster and the landmarks only. The declared cues are the 5 landmarks (drawn as heatmaps), the
+    expression and pose labels (-1 unknown); each can be switched off in ModelConfig and is then
+    zeroed. A U-Net reads base + heatmaps; its decoder is AdaIN-modulated by a code of z and the
+    labels. The last layer starts at zero, so at step 0 the output is exactly the base face.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, num_expressions: int = 0, num_poses: int = 0) -> None:
         super().__init__()
+        self.cfg = cfg
         w = widths(cfg.resolution, cfg.generator_width, cfg.max_width)
-        self.stem = nn.Conv2d(cfg.channels, w[0], 3, padding=1)
+        self.stem = nn.Conv2d(cfg.channels + NUM_LANDMARKS, w[0], 3, padding=1)
         self.down = nn.ModuleList(DownBlock(w[i], w[i + 1], norm=True) for i in range(len(w) - 1))
-        self.code = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.code_dim), nn.LeakyReLU(0.2),
+        # Label index 0 = unknown (or the cue switched off); label l is row l + 1.
+        self.expression = nn.Embedding(num_expressions + 1, cfg.code_dim)
+        self.pose = nn.Embedding(num_poses + 1, cfg.code_dim)
+        self.code = nn.Sequential(nn.Linear(cfg.z_dim + cfg.code_dim, cfg.code_dim), nn.LeakyReLU(0.2),
                                   nn.Linear(cfg.code_dim, cfg.code_dim))
         self.bottleneck = AdaIN(w[-1], cfg.code_dim)
         self.up = nn.ModuleList(UpBlock(w[i + 1], w[i], w[i], cfg.code_dim) for i in reversed(range(len(w) - 1)))
         self.to_image = nn.Conv2d(w[0], cfg.channels, 1)
+        nn.init.zeros_(self.to_image.weight)
+        nn.init.zeros_(self.to_image.bias)
 
-    def forward(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        code = self.code(target)
-        x = self.stem(images)
+    def forward(self, base: torch.Tensor, landmarks: torch.Tensor, expression: torch.Tensor,
+                pose: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """base [N, C, R, R] in [-1, 1]; landmarks [N, 5, 2] pixels (NaN unknown); expression, pose [N]
+        label indices (-1 unknown); z [N, z_dim]."""
+        cfg = self.cfg
+        heatmaps = landmark_heatmaps(landmarks, base.shape[-1]).to(base.dtype)
+        if not cfg.cue_landmarks:
+            heatmaps = torch.zeros_like(heatmaps)
+        labels = self.expression((expression + 1).clamp_min(0) * int(cfg.cue_expression)) + \
+            self.pose((pose + 1).clamp_min(0) * int(cfg.cue_pose))
+        code = self.code(torch.cat([z.to(labels.dtype), labels], dim=1))
+        x = self.stem(torch.cat([base, heatmaps], dim=1))
         skips = []
         for block in self.down:
             skips.append(x)
@@ -52,7 +72,8 @@ class Generator(nn.Module):
         x = self.bottleneck(x, code)
         for block, skip in zip(self.up, reversed(skips)):
             x = block(x, skip, code)
-        return torch.tanh(self.to_image(x))
+        residual = cfg.residual_bound * torch.tanh(self.to_image(x))
+        return (base + residual).clamp(-1, 1)
 
 
 class Discriminator(nn.Module):

@@ -11,8 +11,8 @@ from PIL import Image
 from kssgan_hpc.data.shards import TRACEABLE_FIELDS
 from kssgan_hpc.ksame.clusters import check_clusters
 
-MANIFEST_KEYS = {"format_version", "kind", "created_by", "resolution", "channels", "k", "method", "images",
-                 "identities", "splits", "shards", "vocab"}
+MANIFEST_KEYS = {"format_version", "kind", "created_by", "resolution", "channels", "k", "method",
+                 "deidentification", "images", "identities", "splits", "shards", "vocab"}
 SHARD_DATASETS = {"images", "identity", "expression", "pose", "gaze", "attributes"}
 
 

@@ -30,25 +30,25 @@ def gan_validation(run_dir: Path, objective: ObjectiveConfig) -> dict[str, float
 
 
 def report_objective(run_dir: Path, objective: ObjectiveConfig) -> dict[str, float]:
-    """The evaluation report of the trial's generator: privacy above 1/k, utility, realism."""
+    """The evaluation report of the trial's generator on held-out people: the worst attacker's rank-1
+    above 1/k, utility, realism."""
     import yaml
 
     from kssgan_hpc.config.release import EvaluateConfig
-    from kssgan_hpc.data.shards import SPLITS
     from kssgan_hpc.evaluate.report import evaluate
 
     data = yaml.safe_load((run_dir / "resolved_config.yaml").read_text())["data"]
     report = evaluate(EvaluateConfig(
-        gan=str(run_dir), data=data, split=objective.split, heldout=[s for s in SPLITS if s != objective.split],
-        release=None, out=str(run_dir / "report"), ks=objective.ks, recognizers=objective.recognizers,
+        gan=str(run_dir), data=data, training_split="train", heldout_split=objective.split, release=None,
+        out=str(run_dir / "report"), ks=objective.ks, attackers=objective.attackers,
         probes_per_identity=objective.probes_per_identity))
-    methods = [f"kssgan@{k}" for k in objective.ks]
-    above = [max(0.0, results[m]["rank1"] - 1 / k) for results in report["reidentification"].values()
-             for m, k in zip(methods, objective.ks)]
-    metrics = {"privacy/rank1_above_1_over_k": sum(above) / len(above),
-               "utility/ssim": sum(report["utility"][m]["ssim"] for m in methods) / len(methods),
-               "realism/kid_sface": sum(report["realism"][m]["kid"] for m in methods) / len(methods)}
-    metrics["objective"] = (objective.w_privacy * metrics["privacy/rank1_above_1_over_k"]
+    methods = report["populations"]["heldout"]["methods"]
+    entries = [methods[f"kssgan@{k}"] for k in objective.ks]
+    above = [max(0.0, e["worst"]["rank1"] - e["k_bound"]) for e in entries]
+    metrics = {"privacy/worst_rank1_above_1_over_k": sum(above) / len(above),
+               "utility/ssim": sum(e["ssim"] for e in entries) / len(entries),
+               "realism/kid_sface": sum(e["kid"] for e in entries) / len(entries)}
+    metrics["objective"] = (objective.w_privacy * metrics["privacy/worst_rank1_above_1_over_k"]
                             + objective.w_utility * (1 - metrics["utility/ssim"])
                             + objective.w_realism * metrics["realism/kid_sface"])
     return metrics

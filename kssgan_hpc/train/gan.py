@@ -1,8 +1,12 @@
-"""k-Same-Siamese-GAN: G(face, cluster surrogate) against D, identity losses from the frozen Siamese.
+"""k-Same-Siamese-GAN: G(cluster's k-Same-Aligned base face, source's declared cues, z) against D.
 
-One step = a D step (adversarial + expression head + lazy R1, one summed backward) then a G step
-(D frozen and called unwrapped: adversarial + pull to the surrogate + push from the source +
-expression + low-frequency L1), then the EMA of G.
+G never receives the source image: its base face is its cluster's template posed on the source's
+landmarks, its cues are those landmarks and the expression/pose labels, and z. One step = a D step
+(adversarial + expression head + lazy R1, one summed backward) then a G step (D frozen and called
+unwrapped: adversarial + pull to the cluster's surrogate in the frozen Siamese's space + push from
+the source identity + expression + L1 to its own base at low resolution; train/loss.py), then the
+EMA of G. At every checkpoint rank 0 attacks the EMA generator on held-out people (the release
+gate's measurement, release/gate.py) and keeps the best one that passes in out/selected/.
 """
 
 from __future__ import annotations
@@ -14,16 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
+from kssgan_hpc.artefacts import load_siamese
 from kssgan_hpc.config.train import GanConfig
 from kssgan_hpc.data.dataset import FaceShards, collate_faces
 from kssgan_hpc.data.samplers import DistributedShardSampler
 from kssgan_hpc.engine.base import all_reduce
-from kssgan_hpc.ksame.build import load_clusters, load_siamese
+from kssgan_hpc.ksame.build import KSame, ksame_from_file
 from kssgan_hpc.models import Discriminator, Generator
+from kssgan_hpc.release.gate import CheckpointSelector
+from kssgan_hpc.train import loss
 from kssgan_hpc.train.run import (
     Run,
     batches_forever,
@@ -38,42 +43,6 @@ from kssgan_hpc.train.run import (
 log = logging.getLogger(__name__)
 
 
-def d_adversarial(real: torch.Tensor, fake: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "hinge":
-        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
-    return F.softplus(-real).mean() + F.softplus(fake).mean()
-
-
-def g_adversarial(fake: torch.Tensor, kind: str) -> torch.Tensor:
-    return -fake.mean() if kind == "hinge" else F.softplus(-fake).mean()
-
-
-def expression_loss(logits: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the labelled images only (-1 = unknown); 0 where nothing is labelled."""
-    known = labels >= 0
-    if logits is None or not bool(known.any()):
-        return torch.zeros((), device=labels.device)
-    return F.cross_entropy(logits.float()[known], labels[known])
-
-
-class SurrogateTable:
-    """identity -> (cluster, surrogate embedding), from clusters.json."""
-
-    def __init__(self, clusters: dict, device: torch.device) -> None:
-        self.k = clusters["k"]
-        size = max(i for c in clusters["clusters"] for i in c["identities"]) + 1
-        self.cluster_of = torch.full((size,), -1, dtype=torch.long)
-        for c in clusters["clusters"]:
-            self.cluster_of[c["identities"]] = c["cluster"]
-        self.targets = torch.tensor([c["surrogate"] for c in clusters["clusters"]], dtype=torch.float32, device=device)
-
-    def lookup(self, identities: torch.Tensor, source: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if int(identities.max()) >= len(self.cluster_of) or bool((self.cluster_of[identities] < 0).any()):
-            raise ValueError(f"{source}: an identity of the training data has no cluster; rerun `kssgan cluster`")
-        clusters = self.cluster_of[identities]
-        return clusters, self.targets[clusters.to(self.targets.device)]
-
-
 def train_gan(cfg: GanConfig) -> Path:
     """Train (or resume) the de-identifying generator; returns the run folder."""
     run = Run(cfg, "gan")
@@ -81,20 +50,22 @@ def train_gan(cfg: GanConfig) -> Path:
     try:
         data = FaceShards(Path(cfg.data), "train")
         check_data_matches(data, cfg.model, cfg.data)
-        table = SurrogateTable(load_clusters(cfg.clusters), engine.device)
-        pixel_path = Path(cfg.clusters).with_name(Path(cfg.clusters).stem + "-pixel.safetensors")
-        pixel_faces = load_file(pixel_path)["faces"] if pixel_path.is_file() else None
+        population = ksame_from_file(cfg.clusters, data)  # the training people's clusters and base faces
+        surrogates = torch.from_numpy(population.surrogates).to(engine.device)
         siamese, _ = load_siamese(cfg.siamese, engine.device)
+        vocab = data.manifest["vocab"]
 
         seed_everything(cfg.engine.seed)  # identical initial weights on every rank
-        generator = Generator(cfg.model)
-        discriminator = Discriminator(cfg.model, num_expressions=len(data.manifest["vocab"]["expression"]))
+        generator = Generator(cfg.model, num_expressions=len(vocab["expression"]), num_poses=len(vocab["pose"]))
+        discriminator = Discriminator(cfg.model, num_expressions=len(vocab["expression"]))
         ema = copy.deepcopy(generator).eval().requires_grad_(False).to(engine.device)
         betas = (cfg.beta1, cfg.beta2)
         engine.prepare("g", generator, torch.optim.Adam(generator.parameters(), lr=cfg.lr_g, betas=betas))
         engine.prepare("d", discriminator, torch.optim.Adam(discriminator.parameters(), lr=cfg.lr_d, betas=betas))
         sampler = DistributedShardSampler(data, engine.world_size, engine.rank, seed=cfg.engine.seed, drop_last=True)
         seed_everything(cfg.engine.seed + 1000 * (engine.rank + 1))
+        selector = (CheckpointSelector(cfg, run.out, siamese, engine.device)
+                    if engine.is_main and cfg.select_split else None)
 
         step, consumed = 0, 0
         resumed = run.resume()
@@ -108,17 +79,25 @@ def train_gan(cfg: GanConfig) -> Path:
         d_plain = engine.unwrap("d")
         tick, images_seen = time.perf_counter(), 0
 
-        def d_micro(real: torch.Tensor, target_in: torch.Tensor, expression: torch.Tensor, r1_step: bool) -> dict:
+        def g_inputs(labels: dict) -> tuple[torch.Tensor, ...]:
+            """What G may see of a source: its cluster's base face on its landmarks, the cues, z."""
+            landmarks = torch.from_numpy(population.pose_landmarks(labels["identity"], labels["landmarks"]))
+            base = population.base_faces(labels["identity"], landmarks, engine.device)
+            z = torch.randn(len(base), cfg.model.z_dim, device=engine.device)
+            return (engine.cast(base), landmarks.to(engine.device), labels["expression"].to(engine.device),
+                    labels["pose"].to(engine.device), engine.cast(z))
+
+        def d_micro(real: torch.Tensor, inputs: tuple, expression: torch.Tensor, r1_step: bool) -> dict:
             """D's losses on one micro-batch, backward included (inside engine.micro_batch)."""
             with torch.no_grad(), engine.autocast():
-                fake = engine.model("g")(real, target_in)
+                fake = engine.model("g")(*inputs)
             with engine.autocast():
                 logits, expr_logits = engine.model("d")(torch.cat([real, fake.detach()]))
             logits = logits.float()
             real_logits, fake_logits = logits[: len(real)], logits[len(real):]
-            d_adv = d_adversarial(real_logits, fake_logits, cfg.adversarial)
-            d_expr = expression_loss(None if expr_logits is None else expr_logits[: len(real)], expression)
-            loss = d_adv + cfg.w_expression * d_expr
+            d_adv = loss.d_adversarial(real_logits, fake_logits, cfg.adversarial)
+            d_expr = loss.expression_loss(None if expr_logits is None else expr_logits[: len(real)], expression)
+            total = d_adv + cfg.w_expression * d_expr
             r1 = torch.zeros((), device=engine.device)
             if r1_step:
                 # Its own pass through the plain module: DeepSpeed's backward hooks on the engine's
@@ -127,42 +106,36 @@ def train_gan(cfg: GanConfig) -> Path:
                 real_in = real.detach().requires_grad_(True)
                 with engine.autocast():
                     r1_logits, _ = d_plain(real_in)
-                (grad,) = torch.autograd.grad(r1_logits.float().sum(), real_in, create_graph=True)
-                r1 = grad.float().pow(2).sum(dim=[1, 2, 3]).mean()
-                loss = loss + r1 * (cfg.r1_gamma / 2) * cfg.r1_every
-            ok = run.all_finite(loss, step + 1)
-            engine.backward("d", loss) if ok else engine.zero_backward("d")
+                r1 = loss.r1_penalty(r1_logits, real_in)
+                total = total + r1 * (cfg.r1_gamma / 2) * cfg.r1_every
+            ok = run.all_finite(total, step + 1)
+            engine.backward("d", total) if ok else engine.zero_backward("d")
             return {"ok": ok, "loss/d_adversarial": d_adv.item(), "loss/d_expression": d_expr.item(),
-                    "loss/r1": r1.item(), "loss/d_total": loss.item(), "d/real_score": real_logits.mean().item(),
+                    "loss/r1": r1.item(), "loss/d_total": total.item(), "d/real_score": real_logits.mean().item(),
                     "d/fake_score": fake_logits.mean().item()}
 
-        def g_micro(real: torch.Tensor, target: torch.Tensor, target_in: torch.Tensor,
-                    expression: torch.Tensor) -> dict:
+        def g_micro(real: torch.Tensor, inputs: tuple, target: torch.Tensor, expression: torch.Tensor) -> dict:
             """G's losses on one micro-batch against the frozen, unwrapped D, backward included."""
             with engine.autocast():
-                fake = engine.model("g")(real, target_in)
+                fake = engine.model("g")(*inputs)
                 fake_logits, fake_expr = d_plain(fake)
                 fake_embedding = siamese(fake.float())  # the Siamese is an fp32 module under every engine
                 with torch.no_grad():
                     source_embedding = siamese(real.float())
-            fake_embedding = fake_embedding.float()
-            to_target = 1 - (fake_embedding * target).sum(1)
-            to_source = (fake_embedding * source_embedding.float()).sum(1)
-            g_adv = g_adversarial(fake_logits.float(), cfg.adversarial)
-            id_pull = to_target.mean()
-            id_push = F.relu(to_source - cfg.id_margin).mean()
-            g_expr = expression_loss(fake_expr, expression)
-            lowfreq = F.l1_loss(F.adaptive_avg_pool2d(fake.float(), cfg.lowfreq_size),
-                                F.adaptive_avg_pool2d(real.float(), cfg.lowfreq_size))
-            loss = (cfg.w_adv * g_adv + cfg.w_id_pull * id_pull + cfg.w_id_push * id_push
-                    + cfg.w_expression * g_expr + cfg.w_lowfreq * lowfreq)
-            ok = run.all_finite(loss, step + 1)
-            engine.backward("g", loss) if ok else engine.zero_backward("g")
+            g_adv = loss.g_adversarial(fake_logits.float(), cfg.adversarial)
+            id_pull = loss.identity_pull(fake_embedding, target)
+            id_push = loss.identity_push(fake_embedding, source_embedding, cfg.id_margin)
+            g_expr = loss.expression_loss(fake_expr, expression)
+            to_base = loss.base_consistency(fake, inputs[0], cfg.base_size)
+            total = (cfg.w_adv * g_adv + cfg.w_id_pull * id_pull + cfg.w_id_push * id_push
+                     + cfg.w_expression * g_expr + cfg.w_base * to_base)
+            ok = run.all_finite(total, step + 1)
+            engine.backward("g", total) if ok else engine.zero_backward("g")
+            cos_source = (fake_embedding.float() * source_embedding.float()).sum(1).mean()
             return {"ok": ok, "loss/g_adversarial": g_adv.item(), "loss/id_pull": id_pull.item(),
                     "loss/id_push": id_push.item(), "loss/g_expression": g_expr.item(),
-                    "loss/lowfreq": lowfreq.item(), "loss/g_total": loss.item(),
-                    "identity/cos_to_surrogate": (1 - to_target).mean().item(),
-                    "identity/cos_to_source": to_source.mean().item()}
+                    "loss/base_l1": to_base.item(), "loss/g_total": total.item(),
+                    "identity/cos_to_surrogate": 1 - id_pull.item(), "identity/cos_to_source": cos_source.item()}
 
         while step < cfg.steps:
             # Phases as in StyleGAN: D over every micro-batch of the window, one update; then G.
@@ -170,19 +143,19 @@ def train_gan(cfg: GanConfig) -> Path:
             for _ in range(cfg.engine.accumulate):
                 (images, labels), consumed = next(batches)
                 images_seen += len(images)
-                _, target = table.lookup(labels["identity"], cfg.data)
-                window.append((engine.cast(to_unit(images).to(engine.device)), target, engine.cast(target),
+                target = surrogates[torch.from_numpy(population.clusters_of(labels["identity"])).to(engine.device)]
+                window.append((engine.cast(to_unit(images).to(engine.device)), g_inputs(labels), target,
                                labels["expression"].to(engine.device)))
             r1_step = cfg.r1_gamma > 0 and step % cfg.r1_every == 0
             d_stats, g_stats = [], []
-            for real, _, target_in, expression in window:
+            for real, inputs, _, expression in window:
                 with engine.micro_batch("d"):
-                    d_stats.append(d_micro(real, target_in, expression, r1_step))
+                    d_stats.append(d_micro(real, inputs, expression, r1_step))
                 d_applied = engine.step("d", skip=not any(x["ok"] for x in d_stats))
             d_plain.requires_grad_(False)
-            for real, target, target_in, expression in window:
+            for real, inputs, target, expression in window:
                 with engine.micro_batch("g"):
-                    g_stats.append(g_micro(real, target, target_in, expression))
+                    g_stats.append(g_micro(real, inputs, target, expression))
                 g_applied = engine.step("g", skip=not any(x["ok"] for x in g_stats))
             d_plain.requires_grad_(True)
             stats = {k: float(np.mean([x[k] for x in d_stats])) for k in d_stats[0] if k != "ok"}
@@ -213,8 +186,10 @@ def train_gan(cfg: GanConfig) -> Path:
                          metrics["identity/cos_to_surrogate"], metrics["identity/cos_to_source"])
                 tick, images_seen = time.perf_counter(), 0
             if engine.is_main and (step % cfg.image_every == 0 or step == cfg.steps):
-                real, target = window[-1][0], window[-1][1]
-                _log_images(run, cfg, step, ema, siamese, real, target, labels, table, pixel_faces)
+                real, inputs = window[-1][0], window[-1][1]
+                _log_images(run, cfg, step, ema, real, inputs, labels, population)
+            if selector is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+                selector.measure(step, ema, run)
             run.end_step(step, sampler=sampler.state_dict(consumed), models=("g", "d"),
                          extra=lambda: {"ema_g": ema.state_dict()})
         return run.out
@@ -231,22 +206,17 @@ def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 
 @torch.no_grad()
-def _log_images(run: Run, cfg: GanConfig, step: int, ema: torch.nn.Module, siamese: torch.nn.Module,
-                real: torch.Tensor, target: torch.Tensor, labels: dict, table: SurrogateTable,
-                pixel_faces: torch.Tensor | None) -> None:
-    """Rank 0: k-Same-Pixel surrogate | de-identified output (EMA G); sources only with log_originals."""
+def _log_images(run: Run, cfg: GanConfig, step: int, ema: torch.nn.Module, real: torch.Tensor, inputs: tuple,
+                labels: dict, population: KSame) -> None:
+    """Rank 0: k-Same-Pixel | k-Same-Aligned base | kSS-GAN (EMA G); sources only with log_originals."""
     count = min(8, len(real))
-    source = real[:count].float()
-    output = ema(source, target[:count]).float()
-    rows = []
-    if pixel_faces is not None:
-        clusters, _ = table.lookup(labels["identity"][:count], cfg.data)
-        rows.append(pixel_faces[clusters].to(torch.uint8))
-    rows.append(to_uint8(output).cpu())
+    inputs = tuple(x[:count].float() for x in inputs[:2]) + tuple(x[:count] for x in inputs[2:4]) + \
+        (inputs[4][:count].float(),)
+    output = ema(*inputs).float()
+    pixel = torch.from_numpy(population.pixel[population.clusters_of(labels["identity"][:count])])
+    rows = [pixel, to_uint8(inputs[0]).cpu(), to_uint8(output).cpu()]
     if cfg.log_originals:
-        rows.insert(0, to_uint8(source).cpu())
+        rows.insert(0, to_uint8(real[:count].float()).cpu())
     grid = image_grid(torch.cat(rows), columns=count)
-    run.tb.add_image("deid/" + ("source|" if cfg.log_originals else "") + "ksame_pixel|kssgan", grid, step)
-    embedding = siamese(output)
-    run.tb.add_histogram("identity/distance_to_surrogate", 1 - (embedding * target[:count]).sum(1), step)
-    run.tb.add_histogram("identity/distance_to_source", 1 - (embedding * siamese(source)).sum(1), step)
+    run.tb.add_image("deid/" + ("source|" if cfg.log_originals else "") + "ksame_pixel|ksame_aligned|kssgan", grid,
+                     step)

@@ -1,10 +1,18 @@
-"""The three networks at the sizes the configs use, 32 px (tests) to 1024 px."""
+"""The three networks at the sizes the configs use, 32 px (tests) to 1024 px; what G may see."""
+
+import inspect
 
 import pytest
 import torch
 
 from kssgan_hpc.config.train import ModelConfig
 from kssgan_hpc.models import Discriminator, Generator, SiameseEncoder
+
+
+def generator_inputs(n: int, resolution: int, z_dim: int = 32) -> tuple[torch.Tensor, ...]:
+    base = torch.rand(n, 3, resolution, resolution) * 2 - 1
+    landmarks = torch.rand(n, 5, 2) * resolution
+    return base, landmarks, torch.full((n,), -1), torch.full((n,), -1), torch.randn(n, z_dim)
 
 
 @pytest.mark.parametrize("resolution", [32, 256, 1024])
@@ -16,19 +24,47 @@ def test_shapes_from_config(resolution: int) -> None:
     embedding = SiameseEncoder(cfg)(faces)
     assert embedding.shape == (2, 16)
     torch.testing.assert_close(embedding.norm(dim=1), torch.ones(2))
-    out = Generator(cfg)(faces, embedding)
+    out = Generator(cfg)(*generator_inputs(2, resolution))
     assert out.shape == faces.shape and out.abs().max() <= 1
     real_fake, expression = Discriminator(cfg, num_expressions=8)(out)
     assert real_fake.shape == (2,) and expression.shape == (2, 8)
     assert Discriminator(cfg)(out)[1] is None  # no expression labels, no head
 
 
-def test_generator_output_depends_on_the_target_code() -> None:
+def test_the_generator_has_no_way_in_for_source_pixels() -> None:
+    # Its inputs are the cluster's base face, the declared cues and z: nothing else can be passed.
+    assert list(inspect.signature(Generator.forward).parameters) == ["self", "base", "landmarks", "expression",
+                                                                     "pose", "z"]
+
+
+def test_step_zero_is_the_base_face_and_the_residual_is_bounded() -> None:
     torch.manual_seed(0)
-    cfg = ModelConfig(resolution=32, embed_dim=8, code_dim=8, generator_width=4, max_width=8)
-    g = Generator(cfg)
-    for p in g.parameters():  # AdaIN starts as a plain norm (zero init); give the code a say
-        torch.nn.init.normal_(p, std=0.1)
-    faces = torch.rand(1, 3, 32, 32)
-    a, b = torch.nn.functional.normalize(torch.randn(2, 8), dim=1).split(1)
-    assert not torch.allclose(g(faces, a), g(faces, b))
+    cfg = ModelConfig(resolution=32, code_dim=8, z_dim=4, generator_width=4, max_width=8, residual_bound=0.1)
+    g = Generator(cfg, num_expressions=3, num_poses=2)
+    inputs = generator_inputs(3, 32, z_dim=4)
+    base = inputs[0].clamp(-0.8, 0.8)
+    assert torch.equal(g(base, *inputs[1:]), base)  # zero-initialised last layer
+    for p in g.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    out = g(base, *inputs[1:])
+    assert not torch.equal(out, base) and (out - base).abs().max() <= 0.1 + 1e-6
+
+
+def test_cues_can_be_switched_off() -> None:
+    torch.manual_seed(0)
+
+    def build(**cues: bool) -> Generator:
+        torch.manual_seed(0)
+        g = Generator(ModelConfig(resolution=32, code_dim=8, z_dim=4, generator_width=4, max_width=8, **cues),
+                      num_expressions=3)
+        for p in g.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+        return g
+
+    base, landmarks, _, pose, z = generator_inputs(2, 32, z_dim=4)
+    moved = landmarks + 5
+    smile, neutral = torch.tensor([0, 0]), torch.tensor([2, 2])
+    on, off = build(), build(cue_landmarks=False, cue_expression=False)
+    assert not torch.equal(on(base, landmarks, smile, pose, z), on(base, moved, smile, pose, z))
+    assert not torch.equal(on(base, landmarks, smile, pose, z), on(base, landmarks, neutral, pose, z))
+    assert torch.equal(off(base, landmarks, smile, pose, z), off(base, moved, neutral, pose, z))

@@ -7,9 +7,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from helpers import kssgan, read_shards, sources, torchrun
 from PIL import Image
 
-from helpers import kssgan, sources, torchrun
 from kssgan_hpc.data.dataset import FaceShards
 from kssgan_hpc.data.shards import TRACEABLE_FIELDS
 from kssgan_hpc.release.checks import check_release_clusters, scan_release
@@ -31,6 +31,9 @@ def test_release_is_k_anonymous_and_carries_nothing_traceable(release: Path, dem
     shipped = release / "release"
     manifest = json.loads((shipped / "manifest.json").read_text())
     assert manifest["kind"] == "release" and manifest["k"] == 4
+    gate = json.loads((release / "private" / "gate.json").read_text())
+    assert manifest["deidentification"] == gate["shipped"] == ("kssgan" if gate["generator"]["passed"]
+                                                               else "ksame_aligned")
     assert manifest["splits"] == {"train": {"images": 320, "identities": 8}, "test": {"images": 40, "identities": 1}}
     assert scan_release(shipped, source_names(demo_data)) == []
     for shard in shipped.glob("*.h5"):
@@ -111,11 +114,57 @@ def test_interrupted_release_resumes_and_other_settings_are_refused(release: Pat
 
 def test_two_ranks_write_the_same_release(release: Path, demo_data: Path, gan_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
+    (out / "private").mkdir(parents=True)
+    for name in ("settings.json", "gate.json"):  # the same release (its secret seed), written by 2 ranks
+        shutil.copy(release / "private" / name, out / "private" / name)
     torchrun("anonymize", f"gan={gan_run}", f"data={demo_data}", f"out={out}", "splits=[train,test]", "k=4",
              "png=true", "images_per_shard=100", "--no-progress", tmp=tmp_path)
     one = json.loads((release / "release" / "manifest.json").read_text())
     two = json.loads((out / "release" / "manifest.json").read_text())
     assert two["shards"] == one["shards"]  # same names, counts and sha256
+    assert (out / "private" / "mapping.jsonl").read_text() == (release / "private" / "mapping.jsonl").read_text()
+
+
+def released_identities(release: Path, split: str) -> np.ndarray:
+    return FaceShards(release / "release", split).labels["identity"]
+
+
+def test_the_order_is_secret_per_release_and_the_mapping_is_complete(release: Path, demo_data: Path,
+                                                                      gan_run: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    kssgan("anonymize", f"gan={gan_run}", f"data={demo_data}", f"out={other}", "splits=[train,test]", "k=4",
+           "images_per_shard=100", "--no-progress", check=True)
+    settings = [json.loads((r / "private" / "settings.json").read_text()) for r in (release, other)]
+    assert settings[0]["secret_seed"] != settings[1]["secret_seed"]  # drawn per release, never from config
+    assert not np.array_equal(released_identities(release, "train"), released_identities(other, "train"))
+    assert "secret_seed" not in (release / "release" / "manifest.json").read_text()
+    # mapping.jsonl: every released image once, pointing at the prepped source it was made from.
+    mapping = [json.loads(line) for line in (release / "private" / "mapping.jsonl").read_text().splitlines()]
+    prepped = read_shards(demo_data)
+    for split in ("train", "test"):
+        rows = sorted((m for m in mapping if m["split"] == split), key=lambda m: m["release_index"])
+        assert [m["release_index"] for m in rows] == list(range(len(prepped[split]["identity"])))
+        assert sorted(m["source_index"] for m in rows) == sorted(prepped[split]["source_index"].tolist())
+        record = json.loads((release / "private" / f"clusters-{split}.json").read_text())
+        cluster_of = {i: c["cluster"] for c in record["clusters"] for i in c["identities"]}
+        identity_of = dict(zip(prepped[split]["source_index"].tolist(), prepped[split]["identity"].tolist()))
+        released = released_identities(release, split)
+        assert all(released[m["release_index"]] == cluster_of[identity_of[m["source_index"]]] for m in rows)
+        if split == "train":  # PNG names are release indices
+            assert {int(p.stem) for p in (release / "release" / "png" / split).glob("*.png")} == set(range(len(rows)))
+
+
+def test_a_generator_that_fails_the_gate_is_not_used(demo_data: Path, gan_run: Path, tmp_path: Path) -> None:
+    # k=8 on a held-out split of 4 people: nothing can be measured, so the generator cannot pass.
+    args = [f"gan={gan_run}", f"data={demo_data}", "splits=[train]", "k=8", "gate_split=val", "--no-progress"]
+    kssgan("anonymize", *args, f"out={tmp_path / 'fallback'}", check=True)
+    gate = json.loads((tmp_path / "fallback" / "private" / "gate.json").read_text())
+    assert gate["shipped"] == "ksame_aligned" and "fewer than k=8" in gate["generator"]["reasons"][0]
+    manifest = json.loads((tmp_path / "fallback" / "release" / "manifest.json").read_text())
+    assert manifest["deidentification"] == "ksame_aligned" and manifest["images"] == 320
+    refused = kssgan("anonymize", *args, f"out={tmp_path / 'refused'}", "gate.fallback=refuse")
+    assert refused.returncode != 0 and "failed the release gate" in refused.stderr
+    assert not (tmp_path / "refused" / "release").exists()
 
 
 def test_a_folder_goes_through_prep(orl_folder: Path, gan_run: Path, tmp_path: Path) -> None:

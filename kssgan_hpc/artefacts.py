@@ -1,0 +1,90 @@
+"""Loading trained artefacts, in one place: the Siamese, the generator, clusters.json and its faces.
+
+Used by cluster, GAN training, anonymize, evaluate and the sweep. Weights load from safetensors
+only (no pickle); every loaded cluster file is re-checked for k-anonymity.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from kssgan_hpc.config.train import GanConfig, SiameseConfig
+from kssgan_hpc.ksame.clusters import check_clusters
+from kssgan_hpc.models import Generator, SiameseEncoder
+from kssgan_hpc.train.run import checkpoint_with_config
+
+SELECTED = "selected"
+"""GAN run subfolder with the EMA generator that passed the gate best during training (see train/gan.py)."""
+
+
+def load_siamese(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[SiameseEncoder, SiameseConfig]:
+    """The newest checkpoint of a Siamese run, frozen, in eval mode."""
+    path, cfg = checkpoint_with_config(run_dir, SiameseConfig, "siamese")
+    model = SiameseEncoder(cfg.model)
+    model.load_state_dict(load_file(path / "siamese.safetensors"))
+    return model.to(device).eval().requires_grad_(False), cfg
+
+
+def generator_weights(run_dir: str | Path) -> tuple[Path, GanConfig]:
+    """The EMA generator file a GAN run ships: the gate-selected one when training chose one, else
+    the newest checkpoint's; and the run's config."""
+    path, cfg = checkpoint_with_config(run_dir, GanConfig, "gan")
+    selected = Path(run_dir) / SELECTED / "ema_g.safetensors"
+    return (selected if selected.is_file() else path / "extra-ema_g.safetensors"), cfg
+
+
+def build_generator(cfg: GanConfig, state: dict[str, torch.Tensor]) -> Generator:
+    # The label tables' sizes are in the weights (row 0 = unknown), so a generator loads without its data.
+    return Generator(cfg.model, num_expressions=state["expression.weight"].shape[0] - 1,
+                     num_poses=state["pose.weight"].shape[0] - 1)
+
+
+def load_generator(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[Generator, GanConfig, Path]:
+    """The shipped EMA generator of a GAN run (see generator_weights), frozen, in eval mode; its file."""
+    path, cfg = generator_weights(run_dir)
+    state = load_file(path)
+    try:
+        generator = build_generator(cfg, state)
+        generator.load_state_dict(state)
+    except (KeyError, RuntimeError) as err:
+        raise ValueError(f"{path}: not a generator of this version's design ({err}); retrain with `kssgan train "
+                         "gan`") from None
+    return generator.to(device).eval().requires_grad_(False), cfg, path
+
+
+def cluster_faces_path(clusters: str | Path) -> Path:
+    clusters = Path(clusters)
+    return clusters.with_name(clusters.stem + "-faces.safetensors")
+
+
+def load_clusters(path: str | Path) -> dict[str, Any]:
+    """Read clusters.json and re-check the guarantee (a hand-edited file must not slip through)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no clusters file (run `kssgan cluster` first)") from None
+    members = [c["identities"] for c in data["clusters"]]
+    ids = sorted(i for group in members for i in group)
+    position = {identity: n for n, identity in enumerate(ids)}
+    try:
+        check_clusters([[position[i] for i in group] for group in members], len(set(ids)), data["k"])
+        if len(ids) != len(set(ids)):
+            raise ValueError("an identity appears in two clusters")
+    except ValueError as err:
+        raise ValueError(f"{path}: breaks k-anonymity: {err}") from None
+    return data
+
+
+def load_cluster_faces(path: str | Path) -> dict[str, torch.Tensor]:
+    """The k-anonymous faces beside clusters.json: `pixel` (k-Same-Pixel), `aligned` (k-Same-Aligned
+    templates in the mean frame), uint8 [clusters, C, H, W], and `frame` [5, 2]."""
+    faces = cluster_faces_path(path)
+    if not faces.is_file():
+        raise FileNotFoundError(f"{faces}: the cluster faces are missing (rerun `kssgan cluster`)")
+    return load_file(faces)

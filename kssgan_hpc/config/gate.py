@@ -1,0 +1,36 @@
+"""The release gate: what a generator must show on held-out people before anything it makes ships."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from kssgan_hpc.config.core import ConfigError
+
+ATTACKERS = ("siamese", "dlib", "sface", "lowpass8", "lowpass16", "eigenfaces", "parrot")
+"""Re-identification attackers (kssgan_hpc/evaluate/attackers.py); each has a gallery of originals."""
+
+
+@dataclass(kw_only=True)
+class GateConfig:
+    tolerance: float = 0.05
+    """A generator passes when every attacker's rank-1 is <= 1/k + tolerance ..."""
+    min_faces_detected: float = 0.95
+    """... and YuNet finds a face in at least this share of its outputs."""
+    attackers: list[str] = field(default_factory=lambda: ["siamese", "sface", "lowpass8", "lowpass16",
+                                                          "eigenfaces", "parrot"])
+    """Who attacks at the gate (dlib is the slowest; add it where time allows)."""
+    fallback: Literal["aligned", "refuse"] = "aligned"
+    """A failing generator is not used: release k-Same-Aligned instead, or refuse to release."""
+    gallery_per_identity: int = 5
+    """Original images per person in the attacker's gallery; the person's other images are probes."""
+    probes_per_identity: int = 5
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.tolerance < 1 or not 0 <= self.min_faces_detected <= 1:
+            raise ConfigError("gate.tolerance must be in [0, 1) and gate.min_faces_detected in [0, 1]")
+        unknown = sorted(set(self.attackers) - set(ATTACKERS))
+        if unknown or not self.attackers:
+            raise ConfigError(f"gate.attackers: unknown {unknown or 'none given'}; use some of {', '.join(ATTACKERS)}")
+        if self.gallery_per_identity < 1 or self.probes_per_identity < 1:
+            raise ConfigError("gate.gallery_per_identity and gate.probes_per_identity must be >= 1")

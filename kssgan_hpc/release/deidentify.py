@@ -1,0 +1,66 @@
+"""The two de-identifications that ship: kSS-GAN and k-Same-Aligned. Neither takes a source image.
+
+Both read only what a source declares: its identity (-> its k-Same cluster), its 5 landmarks (with
+the person's own geometry replaced by the cluster's: KSame.pose_landmarks) and its expression/pose
+labels. kSS-GAN adds noise z, drawn from a seeded generator, so a release is
+reproducible from its (secret) seed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from kssgan_hpc.ksame.build import KSame
+from kssgan_hpc.train.run import to_uint8
+
+METHODS = ("kssgan", "ksame_aligned")
+
+
+def cue_labels(labels: dict[str, Any], rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The declared cues of some images: identity, landmarks, expression, pose (from FaceShards.labels
+    or a batch's labels), as numpy rows."""
+    picked = {}
+    for name in ("identity", "landmarks", "expression", "pose"):
+        value = labels[name]
+        value = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        picked[name] = value if rows is None else value[rows]
+    return picked
+
+
+def noise(keys: np.ndarray, z_dim: int, seed: int) -> torch.Tensor:
+    """z per image, drawn from (seed, the image's key): the same image gets the same z whatever the
+    batching, rank or resume (a release is byte-identical when finished in pieces)."""
+    return torch.stack([torch.randn(z_dim, generator=torch.Generator().manual_seed(
+        int(np.random.SeedSequence([seed, int(key)]).generate_state(1, np.uint64)[0] >> 1)))
+        for key in keys]) if len(keys) else torch.zeros(0, z_dim)
+
+
+@torch.no_grad()
+def deidentify(method: str, population: KSame, cues: dict[str, np.ndarray], *, generator: torch.nn.Module | None,
+               seed: int, keys: np.ndarray | None = None, device: torch.device | str = "cpu",
+               batch_size: int = 64) -> np.ndarray:
+    """uint8 [N, H, W, C] faces for the images whose cues are given; `keys` (default 0..N-1) name the
+    images for their noise z."""
+    if method not in METHODS:
+        raise ValueError(f"unknown de-identification {method!r}; use one of {', '.join(METHODS)}")
+    if method == "kssgan" and generator is None:
+        raise ValueError("kssgan needs a generator")
+    out = []
+    count = len(cues["identity"])
+    keys = np.arange(count) if keys is None else np.asarray(keys)
+    for start in range(0, count, batch_size):
+        part = slice(start, min(start + batch_size, count))
+        posed = population.pose_landmarks(cues["identity"][part], cues["landmarks"][part])
+        landmarks = torch.from_numpy(posed).to(device)
+        base = population.base_faces(cues["identity"][part], landmarks, device)
+        if method == "kssgan":
+            faces = generator(base, landmarks, torch.from_numpy(cues["expression"][part]).long().to(device),
+                              torch.from_numpy(cues["pose"][part]).long().to(device),
+                              noise(keys[part], generator.cfg.z_dim, seed).to(device))
+        else:
+            faces = base
+        out.append(to_uint8(faces.float()).cpu().permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out) if out else np.zeros((0,), np.uint8)

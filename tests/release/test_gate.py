@@ -1,0 +1,81 @@
+"""The attackers and the release gate, on real faces: originals are found, k-Same is not, leaks trip the gate."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kssgan_hpc.artefacts import load_siamese
+from kssgan_hpc.config.gate import ATTACKERS, GateConfig
+from kssgan_hpc.config.train import ModelConfig
+from kssgan_hpc.data.dataset import FaceShards
+from kssgan_hpc.evaluate.attackers import Gallery, make_attacker, run_attack
+from kssgan_hpc.ksame.build import identity_statistics, ksame
+from kssgan_hpc.release.gate import Gate, population_of
+from kssgan_hpc.train.run import to_unit
+
+FAST = ["siamese", "sface", "lowpass8", "lowpass16", "eigenfaces", "parrot"]
+
+
+@pytest.fixture(scope="module")
+def people(demo_data: Path) -> FaceShards:
+    return FaceShards(demo_data, "train")  # 32 people
+
+
+def test_every_attacker_finds_originals_and_no_attacker_beats_k_same_pixel(people: FaceShards,
+                                                                           siamese_run: Path) -> None:
+    pop = population_of(people, 1, 1)
+    siamese, _ = load_siamese(siamese_run)
+    population = ksame(identity_statistics(siamese, people, 64), 4)
+    pixel = population.pixel.transpose(0, 2, 3, 1)
+    as_pixel = {part: pixel[population.clusters_of(ids)]
+                for part, ids in (("probes", pop.probe_ids), ("gallery", pop.gallery.identities))}
+    for name in ATTACKERS:
+        attacker = make_attacker(name, siamese_run)
+        # The probes themselves as the gallery: an attacker that cannot find them is broken.
+        found = run_attack(name, attacker, Gallery(pop.probe_images, pop.probe_ids), pop.probe_images, pop.probe_ids,
+                           None, deidentified_gallery=pop.probe_images)
+        assert found["rank1"] == 1.0, name
+        # One face per cluster of >= 4 people, one probe each: at most 1/4, whoever attacks.
+        pixel_attack = run_attack(name, attacker, pop.gallery, as_pixel["probes"], pop.probe_ids, 4,
+                                  deidentified_gallery=as_pixel["gallery"])
+        assert pixel_attack["rank1"] <= 0.25 + 1e-9, (name, pixel_attack["rank1"])
+        assert pixel_attack["p_value"] > 0.05
+
+
+class LeakyGenerator(torch.nn.Module):
+    """Planted: a generator that finds its source image (here through its landmark cue, unique per
+    image) and mixes its low frequencies into the base — what the old design did through skips."""
+
+    def __init__(self, data: FaceShards, siamese: torch.nn.Module) -> None:
+        super().__init__()
+        self.cfg = ModelConfig(resolution=data.resolution)
+        images = to_unit(data.__getitems__(list(range(len(data)))).images)
+        population = ksame(identity_statistics(siamese, data, 64), 4)  # the gate's own clusters
+        cues = population.pose_landmarks(data.labels["identity"], data.labels["landmarks"])
+        self.sources = {cues[i].tobytes(): images[i] for i in range(len(data))}
+
+    def forward(self, base, landmarks, expression, pose, z):  # noqa: ANN001, ANN201
+        source = torch.stack([self.sources[np.asarray(p, np.float32).tobytes()] for p in landmarks.cpu().numpy()])
+        low = torch.nn.functional.interpolate(torch.nn.functional.adaptive_avg_pool2d(source, 8), size=base.shape[-1],
+                                              mode="bilinear", align_corners=False)
+        return (0.5 * base + 0.5 * low).clamp(-1, 1)
+
+
+def test_a_planted_source_pixel_cue_trips_the_gate_and_k_same_aligned_passes(people: FaceShards,
+                                                                               siamese_run: Path) -> None:
+    siamese, _ = load_siamese(siamese_run)
+    gate = Gate(people, siamese, siamese_run, 4, GateConfig(attackers=FAST, min_faces_detected=0.0))
+    leaky = gate.measure("kssgan", LeakyGenerator(people, siamese))
+    assert not leaky["passed"] and "re-identifies" in leaky["reasons"][0]
+    assert leaky["worst"]["rank1"] > 0.5 and leaky["worst"]["p_value"] < 1e-6
+    aligned = gate.measure("ksame_aligned")
+    assert aligned["passed"], aligned["reasons"]
+
+
+def test_too_few_held_out_people_is_a_failed_gate(demo_data: Path, siamese_run: Path) -> None:
+    siamese, _ = load_siamese(siamese_run)
+    gate = Gate(FaceShards(demo_data, "val"), siamese, siamese_run, 8, GateConfig(attackers=["lowpass8"]))
+    result = gate.measure("ksame_aligned")
+    assert not result["passed"] and "fewer than k=8" in result["reasons"][0]
