@@ -72,7 +72,8 @@ def sweep_file(demo_data: Path, siamese_run: Path, clusters: Path, tmp_path: Pat
 
     def write(**changes) -> Path:
         sweep = {"name": "t", "out": str(tmp_path / "sweep"), "base_config": str(base),
-                 "trial_overrides": ["steps=4", "log_every=2", "image_every=1000", "checkpoint_every=1000"],
+                 "trial_overrides": ["steps=4", "log_every=2", "image_every=1000", "checkpoint_every=1000",
+                                     "select_split=null"],
                  "space": {"lr_g": {"type": "log", "low": 1e-5, "high": 1e-3},
                            "w_id_pull": {"type": "uniform", "low": 1, "high": 10},
                            "r1_every": {"type": "int", "low": 2, "high": 8},

@@ -25,12 +25,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     from kssgan_hpc.data.shards import ShardError
+    from kssgan_hpc.logs import setup_logging
     from kssgan_hpc.release.anonymize import anonymize
 
     cfg, code = resolve_config("anonymize", AnonymizeConfig, args, "anonymize")
     if cfg is None:
         return code
+    setup_logging(rank=int(os.environ.get("RANK", "0")))  # the gate's verdict, the release summary
     try:
         release = anonymize(cfg, progress=not args.no_progress)
     except (ConfigError, ShardError, FileNotFoundError, ValueError) as err:

@@ -27,11 +27,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from kssgan_hpc.data.shards import ShardError
     from kssgan_hpc.evaluate.report import evaluate, format_headline
+    from kssgan_hpc.logs import setup_logging
 
     overrides = [*args.overrides, *(["include_originals=true"] if args.include_originals else [])]
     cfg, code = resolve_config("evaluate", EvaluateConfig, args, "evaluate", overrides)
     if cfg is None:
         return code
+    setup_logging()  # progress: which population, method and attacker is at work
     try:
         report = evaluate(cfg)
     except (ConfigError, ShardError, FileNotFoundError, ValueError, RuntimeError) as err:

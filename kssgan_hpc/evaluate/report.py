@@ -178,7 +178,9 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     generator, gan_cfg, weights = load_generator(cfg.gan, device)
     siamese, _ = load_siamese(gan_cfg.siamese, device)
     attackers = {name: make_attacker(name, gan_cfg.siamese, device) for name in cfg.attackers}
-    detector, sface = YuNet(), SFaceRecognizer()
+    detector = YuNet()
+    # One SFace for the attack and for KID: each output is embedded once.
+    sface = attackers["sface"].recognizer if "sface" in attackers else SFaceRecognizer()
     populations: dict[str, Any] = {}
     outputs: dict[str, Any] = {}
     for label, split in (("training", cfg.training_split), ("heldout", cfg.heldout_split)):
