@@ -79,11 +79,15 @@ def train_gan(cfg: GanConfig) -> Path:
         d_plain = engine.unwrap("d")
         tick, images_seen = time.perf_counter(), 0
 
-        def g_inputs(labels: dict) -> tuple[torch.Tensor, ...]:
+        def g_inputs(labels: dict, micro: int) -> tuple[torch.Tensor, ...]:
             """What G may see of a source: its cluster's base face on its landmarks, the cues, z."""
             landmarks = torch.from_numpy(population.pose_landmarks(labels["identity"], labels["landmarks"]))
             base = population.base_faces(labels["identity"], landmarks, engine.device)
-            z = torch.randn(len(base), cfg.model.z_dim, device=engine.device)
+            # z from (seed, rank, step, micro-batch), not the global RNG, which a resumed DataLoader
+            # also draws from: a resumed run must see the same noise as an uninterrupted one.
+            noise = torch.Generator().manual_seed(int(np.random.SeedSequence(
+                [cfg.engine.seed, engine.rank, step, micro]).generate_state(1, np.uint64)[0] >> 1))
+            z = torch.randn(len(base), cfg.model.z_dim, generator=noise).to(engine.device)
             return (engine.cast(base), landmarks.to(engine.device), labels["expression"].to(engine.device),
                     labels["pose"].to(engine.device), engine.cast(z))
 
@@ -140,11 +144,11 @@ def train_gan(cfg: GanConfig) -> Path:
         while step < cfg.steps:
             # Phases as in StyleGAN: D over every micro-batch of the window, one update; then G.
             window = []
-            for _ in range(cfg.engine.accumulate):
+            for micro in range(cfg.engine.accumulate):
                 (images, labels), consumed = next(batches)
                 images_seen += len(images)
                 target = surrogates[torch.from_numpy(population.clusters_of(labels["identity"])).to(engine.device)]
-                window.append((engine.cast(to_unit(images).to(engine.device)), g_inputs(labels), target,
+                window.append((engine.cast(to_unit(images).to(engine.device)), g_inputs(labels, micro), target,
                                labels["expression"].to(engine.device)))
             r1_step = cfg.r1_gamma > 0 and step % cfg.r1_every == 0
             d_stats, g_stats = [], []

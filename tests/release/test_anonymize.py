@@ -175,3 +175,20 @@ def test_a_folder_goes_through_prep(orl_folder: Path, gan_run: Path, tmp_path: P
     assert manifest["splits"] == {"test": {"images": 60, "identities": 4}}
     assert (out / "private" / "input" / "manifest.json").is_file()
     assert scan_release(out / "release", source_names(out / "private" / "input")) == []
+
+
+def test_a_resume_with_other_generator_weights_is_refused(demo_data: Path, gan_run: Path, tmp_path: Path) -> None:
+    gan = tmp_path / "gan"
+    shutil.copytree(gan_run, gan)
+    args = [f"gan={gan}", f"data={demo_data}", f"out={tmp_path / 'out'}", "splits=[test]", "k=4", "--no-progress"]
+    kssgan("anonymize", *args, check=True)
+    from safetensors.torch import load_file, save_file
+
+    from kssgan_hpc.artefacts import generator_weights
+
+    weights, _ = generator_weights(gan)  # new weights under the same path, as a retrain would leave
+    state = load_file(weights)
+    state["to_image.bias"] = state["to_image.bias"] + 0.01
+    save_file(state, weights)
+    refused = kssgan("anonymize", *args)
+    assert refused.returncode == 2 and "made with other settings (generator)" in refused.stderr
