@@ -201,8 +201,9 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         sources = [json.loads(line) for line in (Path(cfg.data) / "sources.jsonl").read_text().splitlines()]
         names = [s.get("path", "") for s in sources] + [s.get("sha256", "") for s in sources]
         gate = json.loads((private / "gate.json").read_text()) if (private / "gate.json").is_file() else None
-        release = {"path": str(shipped), "clusters": check_release_clusters(private),
-                   "k": json.loads((shipped / "manifest.json").read_text())["k"],
+        promised = json.loads((shipped / "manifest.json").read_text())["k"]
+        # Against the k the release promises, not the records' own claim (a record edited to k: 1).
+        release = {"path": str(shipped), "clusters": check_release_clusters(private, k=promised), "k": promised,
                    "shipped": None if gate is None else gate["shipped"],
                    "gate_reasons": None if gate is None else gate["generator"].get("reasons"),
                    "forbidden_fields": scan_release(shipped, names)}

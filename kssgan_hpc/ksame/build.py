@@ -161,6 +161,10 @@ class KSame:
 
 def ksame(stats: IdentityStatistics, k: int, *, method: str = "mdav", seed: int = 0) -> KSame:
     """k-Same over a population from identity_statistics' output (one pass serves several k)."""
+    bad = stats.ids[~np.isfinite(stats.embeddings).all(axis=1)]
+    if len(bad):
+        raise ValueError(f"non-finite Siamese embeddings for identities {bad[:10].tolist()}: is the Siamese "
+                         "checkpoint diverged? k-Same cannot place them")
     groups = cluster_identities(stats.embeddings, k, method=method, seed=seed)
 
     def faces(means: np.ndarray | None) -> np.ndarray | None:

@@ -15,13 +15,25 @@ import numpy as np
 METHODS = ("mdav", "kmeans")
 
 
+def check_k(k: object) -> int:
+    """k of k-anonymity: an int >= 2 (not a bool, not 2.5); anything else is an error."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+        raise ValueError(f"k={k!r} is invalid; k-anonymity needs an integer k >= 2")
+    return int(k)
+
+
 def cluster_identities(embeddings: np.ndarray, k: int, *, method: str = "mdav", seed: int = 0,
                        iterations: int = 10) -> list[list[int]]:
     """Group the rows of `embeddings` (one per identity) into clusters of at least k rows."""
+    k = check_k(k)
     embeddings = np.asarray(embeddings, np.float64)
+    if embeddings.ndim != 2:
+        raise ValueError(f"embeddings must be [identities, dims], got shape {embeddings.shape}")
+    bad = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
+    if len(bad):
+        raise ValueError(f"non-finite embeddings for identity rows {bad[:10].tolist()}: a diverged Siamese? "
+                         "k-Same cannot place them")
     n = len(embeddings)
-    if k < 1:
-        raise ValueError(f"k={k} is invalid; k-anonymity needs k >= 1")
     if n < k:
         raise ValueError(f"k={k} needs at least {k} identities, got {n}: no cluster could reach k")
     if method == "mdav":

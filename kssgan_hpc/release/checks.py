@@ -9,7 +9,7 @@ import h5py
 from PIL import Image
 
 from kssgan_hpc.data.shards import TRACEABLE_FIELDS
-from kssgan_hpc.ksame.clusters import check_clusters
+from kssgan_hpc.ksame.clusters import check_clusters, check_k
 
 MANIFEST_KEYS = {"format_version", "kind", "created_by", "resolution", "channels", "k", "method",
                  "deidentification", "images", "identities", "splits", "shards", "vocab"}
@@ -27,6 +27,10 @@ def check_release_clusters(private: str | Path, k: int | None = None) -> dict:
     for path in records:
         record = json.loads(path.read_text())
         need = k if k is not None else record["k"]
+        try:
+            need = check_k(need)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
         members = [c["identities"] for c in record["clusters"]]
         ids = sorted({i for group in members for i in group})
         position = {identity: n for n, identity in enumerate(ids)}

@@ -132,8 +132,8 @@ class Gate:
                                 f"'{self.population.data.split}': fewer than k={self.k}, nothing to measure"]}
         pop = self.population
 
-        def run(rows: np.ndarray) -> np.ndarray:
-            return deidentify(method, self.ksame, pop.cues(rows), generator=generator, seed=self.seed,
+        def run(rows: np.ndarray) -> np.ndarray:  # each image its own z (keys): no noise shared with the gallery
+            return deidentify(method, self.ksame, pop.cues(rows), generator=generator, seed=self.seed, keys=rows,
                               device=self.device)
 
         probes, gallery = run(pop.probe_rows), run(pop.gallery_rows)

@@ -140,6 +140,10 @@ class Run:
         # Test hook: KSSGAN_INJECT_NAN="<step>,<rank>" makes that rank's losses NaN at that step.
         inject = os.environ.get("KSSGAN_INJECT_NAN")
         self._inject_nan = tuple(int(v) for v in inject.split(",")) if inject else None
+        # Test hook: KSSGAN_TEST_HOLD_AT_STEP=<step> makes a run that did not resume wait at that step
+        # for a stop signal, so a time-limit test sees its signal mid-run on a machine of any speed.
+        hold = os.environ.get("KSSGAN_TEST_HOLD_AT_STEP")
+        self._hold_at = int(hold) if hold else None
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_signal)
 
@@ -190,6 +194,10 @@ class Run:
         fp16 loss scale collapsed; then stop the run (TrainingStopped) in those two cases."""
         scales = {n: self.engine.loss_scale(n) for n in models}
         collapsed = [n for n, s in scales.items() if s is not None and s < self.cfg.engine.min_loss_scale]
+        if step == self._hold_at:
+            log.warning("test hook: holding at step %d until a stop signal", step)
+            while not self.stop_requested():  # collective: every rank waits for the same event
+                time.sleep(0.5)
         stop = self.stop_requested()
         if step % self.cfg.checkpoint_every == 0 or step == self.cfg.steps or stop or collapsed:
             self.save_checkpoint(step, sampler=sampler, models=models, extra=extra() if extra else None)
@@ -289,6 +297,7 @@ class Run:
             torch.cuda.set_rng_state(trainer["cuda_rng"])
         extra = {p.stem.removeprefix("extra-"): load_file(p) for p in path.glob("extra-*.safetensors")}
         log.info("resumed from %s (step %d)", path, trainer["step"])
+        self._hold_at = None  # the hook holds a fresh run only
         return Resumed(step=trainer["step"], sampler=trainer["sampler"], extra=extra)
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ from kssgan_hpc.ksame import average_faces, cluster_identities, surrogate_target
 
 @st.composite
 def identity_sets(draw):
-    k = draw(st.integers(1, 8))
+    k = draw(st.integers(2, 8))
     n = draw(st.integers(k, 60))
     dim = draw(st.integers(1, 6))
     values = st.floats(-1e3, 1e3, allow_nan=False, width=32)
@@ -35,6 +35,21 @@ def test_every_identity_once_every_cluster_at_least_k(data, method: str, seed: i
 def test_fewer_identities_than_k_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="k=5 needs at least 5 identities, got 3"):
         cluster_identities(np.zeros((3, 2)), 5)
+
+
+@pytest.mark.parametrize("k", [1, 0, True, 2.5, "4"])
+def test_k_is_an_integer_of_at_least_two(k) -> None:
+    with pytest.raises(ValueError, match="k-anonymity needs an integer k >= 2"):
+        cluster_identities(np.zeros((8, 2)), k)
+
+
+def test_bad_embeddings_are_refused() -> None:
+    with pytest.raises(ValueError, match="must be \\[identities, dims\\]"):
+        cluster_identities(np.zeros(8), 2)
+    bad = np.zeros((8, 2))
+    bad[5, 1] = np.nan
+    with pytest.raises(ValueError, match=r"non-finite embeddings for identity rows \[5\]"):
+        cluster_identities(bad, 2)
 
 
 def test_groups_follow_the_embedding_geometry() -> None:

@@ -192,3 +192,17 @@ def test_a_resume_with_other_generator_weights_is_refused(demo_data: Path, gan_r
     save_file(state, weights)
     refused = kssgan("anonymize", *args)
     assert refused.returncode == 2 and "made with other settings (generator)" in refused.stderr
+
+
+def test_cluster_records_edited_to_k_1_fail_against_the_promised_k(release: Path, tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    shutil.copytree(release / "private", private)
+    record = json.loads((private / "clusters-train.json").read_text())
+    record["k"] = 1
+    record["clusters"] = [{"cluster": n, "identities": [i]}
+                          for n, i in enumerate(i for c in record["clusters"] for i in c["identities"])]
+    (private / "clusters-train.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="clusters-train.json: k=1 is invalid"):
+        check_release_clusters(private)  # the file's own claim is no excuse
+    with pytest.raises(ValueError, match=r"breaks 4-anonymity: \d+ cluster\(s\) smaller than k=4"):
+        check_release_clusters(private, k=4)  # what evaluate checks: the k the release's manifest promises

@@ -100,15 +100,17 @@ def test_resume_equals_uninterrupted(gan_args: list[str], tmp_path: Path) -> Non
 def test_sigkill_mid_run_then_resume(gan_args: list[str], tmp_path: Path) -> None:
     out = tmp_path / "gan"
     args = [*gan_args, f"out={out}", "steps=12", "checkpoint_every=1", "keep_checkpoints=20"]
-    proc = subprocess.Popen(torchrun_cmd(*args), env=torchrun_env(tmp_path), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The run holds at step 6 (test hook) before writing its checkpoint: killed there on any machine.
+    proc = subprocess.Popen(torchrun_cmd(*args), env={**torchrun_env(tmp_path), "KSSGAN_TEST_HOLD_AT_STEP": "6"},
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and len(list((out / "checkpoints").glob("step-*"))) < 3:
+    while time.monotonic() < deadline and "holding at step 6" not in (
+            (out / "gan.log").read_text() if (out / "gan.log").is_file() else ""):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     done = sorted((out / "checkpoints").glob("step-*"))
-    assert 3 <= len(done) < 12, "the run was not killed mid-way"
+    assert [d.name for d in done] == [f"step-{s:08d}" for s in range(1, 6)], "killed at the hold, step 6 unsaved"
     assert all((d / "complete").is_file() for d in done)  # only whole checkpoints carry the name
     torchrun(*args, tmp=tmp_path)
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000012"
@@ -192,8 +194,9 @@ def test_sigusr1_checkpoints_and_exits_for_requeue(gan_args: list[str], tmp_path
 
     out = tmp_path / "gan"
     args = [*gan_args, f"out={out}", "steps=500", "checkpoint_every=1000"]
-    proc = subprocess.Popen(torchrun_cmd(*args), env=torchrun_env(tmp_path), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Held at step 3 (test hook) until the signal: the run cannot finish first on a fast machine.
+    proc = subprocess.Popen(torchrun_cmd(*args), env={**torchrun_env(tmp_path), "KSSGAN_TEST_HOLD_AT_STEP": "3"},
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not (out / "metrics.jsonl").is_file():
@@ -209,7 +212,7 @@ def test_sigusr1_checkpoints_and_exits_for_requeue(gan_args: list[str], tmp_path
     assert "stopped by signal" in log and "exit code 75" in log and proc.returncode != 0
     saved = (out / "checkpoints" / "latest").read_text().strip()
     step = int(saved.split("-")[1])
-    assert 0 < step < 500
+    assert 0 < step <= 3
     torchrun(*[a for a in args if not a.startswith("steps=")], f"steps={step + 2}", tmp=tmp_path)
     assert (out / "checkpoints" / "latest").read_text().strip() == f"step-{step + 2:08d}"
 
@@ -250,3 +253,13 @@ def test_gradient_accumulation_matches_the_large_batch(gan_args: list[str], engi
     for name in a:
         for key in a[name]:
             assert torch.allclose(a[name][key], b[name][key], atol=1e-3), f"{name}.{key}"
+
+
+def test_a_clusters_file_edited_to_k_1_is_refused(clusters: Path, tmp_path: Path) -> None:
+    tampered = json.loads(clusters.read_text())
+    tampered["k"] = 1
+    tampered["clusters"] = [{**c, "identities": [i]} for c in tampered["clusters"] for i in c["identities"]]
+    path = tmp_path / "clusters.json"
+    path.write_text(json.dumps(tampered))
+    with pytest.raises(ValueError, match=r"clusters.json: breaks k-anonymity: k=1 is invalid"):
+        load_clusters(path)
