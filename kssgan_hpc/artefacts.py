@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from kssgan_hpc.config.train import GanConfig, SiameseConfig
-from kssgan_hpc.ksame.clusters import check_clusters, check_k
+from kssgan_hpc.ksame.clusters import check_cluster_members
 from kssgan_hpc.models import Generator, SiameseEncoder
 from kssgan_hpc.train.run import checkpoint_with_config
 
@@ -69,13 +69,8 @@ def load_clusters(path: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no clusters file (run `kssgan cluster` first)") from None
-    members = [c["identities"] for c in data["clusters"]]
-    ids = sorted(i for group in members for i in group)
-    position = {identity: n for n, identity in enumerate(ids)}
     try:
-        check_clusters([[position[i] for i in group] for group in members], len(set(ids)), check_k(data["k"]))
-        if len(ids) != len(set(ids)):
-            raise ValueError("an identity appears in two clusters")
+        check_cluster_members([c["identities"] for c in data["clusters"]], data["k"])
     except ValueError as err:
         raise ValueError(f"{path}: breaks k-anonymity: {err}") from None
     return data

@@ -56,6 +56,16 @@ def check_clusters(clusters: list[list[int]], n: int, k: int) -> None:
         raise ValueError(f"{len(small)} cluster(s) smaller than k={k} (sizes {small})")
 
 
+def check_cluster_members(members: list[list[int]], k: int) -> None:
+    """check_clusters for clusters written as identity ids (clusters.json, release records)."""
+    k = check_k(k)
+    ids = sorted(i for group in members for i in group)
+    if len(ids) != len(set(ids)):
+        raise ValueError("an identity appears in two clusters")
+    position = {identity: n for n, identity in enumerate(ids)}
+    check_clusters([[position[i] for i in group] for group in members], len(ids), k)
+
+
 def _mdav(x: np.ndarray, k: int) -> list[list[int]]:
     remaining = np.arange(len(x))
     clusters: list[list[int]] = []

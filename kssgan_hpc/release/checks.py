@@ -9,7 +9,7 @@ import h5py
 from PIL import Image
 
 from kssgan_hpc.data.shards import TRACEABLE_FIELDS
-from kssgan_hpc.ksame.clusters import check_clusters, check_k
+from kssgan_hpc.ksame.clusters import check_cluster_members, check_k
 
 MANIFEST_KEYS = {"format_version", "kind", "created_by", "resolution", "channels", "k", "method",
                  "deidentification", "images", "identities", "splits", "shards", "vocab"}
@@ -32,12 +32,8 @@ def check_release_clusters(private: str | Path, k: int | None = None) -> dict:
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
         members = [c["identities"] for c in record["clusters"]]
-        ids = sorted({i for group in members for i in group})
-        position = {identity: n for n, identity in enumerate(ids)}
         try:
-            if sum(len(g) for g in members) != len(ids):
-                raise ValueError("an identity appears in two clusters")
-            check_clusters([[position[i] for i in group] for group in members], len(ids), need)
+            check_cluster_members(members, need)
         except ValueError as err:
             raise ValueError(f"{path}: breaks {need}-anonymity: {err}") from None
         sizes.extend(len(g) for g in members)

@@ -136,7 +136,9 @@ class Gate:
             return deidentify(method, self.ksame, pop.cues(rows), generator=generator, seed=self.seed, keys=rows,
                               device=self.device)
 
-        probes, gallery = run(pop.probe_rows), run(pop.gallery_rows)
+        # The gallery is de-identified only for the parrot, the one attacker that uses it.
+        probes = run(pop.probe_rows)
+        gallery = run(pop.gallery_rows) if "parrot" in self.attackers else None
         measured = attack_population(pop, probes, gallery, self.k, self.attackers, self.cache)
         measured["faces_detected"] = faces_detected(probes, self.detector)
         reasons = verdict(measured, self.k, self.cfg)
