@@ -62,7 +62,7 @@ def main() -> None:
             data, siamese, gan = root / "data", root / "siamese", root / "gan"
             kssgan("prep", "--source", "demo", "--resolution", str(resolution), "--out", str(data), "--no-progress")
             model = [f"model.resolution={resolution}", *WIDTHS, "workers=0"]
-            kssgan("train", "siamese", f"data={data}", f"out={siamese}", "steps=2", "p=4", "k=2", *model)
+            kssgan("train", "siamese", f"data={data}", f"out={siamese}", "steps=2", "identities_per_batch=4", "images_per_identity=2", *model)
             kssgan("cluster", f"data={data}", f"siamese={siamese}", f"out={root / 'clusters.json'}", "k=4")
             kssgan("train", "gan", f"data={data}", f"siamese={siamese}", f"clusters={root / 'clusters.json'}",
                    f"out={gan}", "steps=1", "batch_size=4", *model)

@@ -43,6 +43,8 @@ from kssgan_hpc.data.shards import (
     shard_name,
     temp_shard_path,
 )
+from kssgan_hpc.errors import InputError
+from kssgan_hpc.folders import claim_folder
 
 log = logging.getLogger(__name__)
 STATE_DIR = ".prep"
@@ -51,7 +53,7 @@ PLAN_NAME = "plan.json"
 RUN_ONLY_KEYS = ("out", "input", "workers")
 
 
-class PrepError(RuntimeError):
+class PrepError(InputError):
     """Prep cannot go on (output not writable, other settings in --out, nothing usable)."""
 
 
@@ -424,6 +426,8 @@ def run_prep(cfg: PrepConfig, *, part: int | None = None, parts: int = 1, merge:
         raise PrepError(f"--part {part} --parts {parts} is invalid; use 0 <= part < parts")
     out = Path(cfg.out)
     state = out / STATE_DIR
+    listing = list_source(cfg.source, cfg.input)  # the input is checked before anything is written
+    claim_folder(out, "data")
     try:
         state.mkdir(parents=True, exist_ok=True)
         probe = state / f".write-test-{os.getpid()}"
@@ -431,7 +435,6 @@ def run_prep(cfg: PrepConfig, *, part: int | None = None, parts: int = 1, merge:
         probe.unlink()
     except OSError as err:
         raise PrepError(f"{out}: output folder is not writable: {err.strerror or err}") from None
-    listing = list_source(cfg.source, cfg.input)
     plan = load_or_make_plan(cfg, listing, state, progress)
     mine = [s for j, s in enumerate(plan.shards) if part is None or j % parts == part]
     result = PrepResult(out=out, shards_total=len(plan.shards), shards_written=0, shards_reused=0)

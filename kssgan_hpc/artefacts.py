@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from kssgan_hpc.config.train import GanConfig, SiameseConfig
+from kssgan_hpc.errors import InputError
 from kssgan_hpc.ksame.clusters import check_cluster_members
 from kssgan_hpc.models import Generator, SiameseEncoder
 from kssgan_hpc.train.run import checkpoint_with_config
+from kssgan_hpc.weights import CheckpointError, load_weights_into, read_weights
 
 SELECTED = "selected"
 """GAN run subfolder with the EMA generator that passed the gate best during training (see train/gan.py)."""
@@ -26,7 +27,7 @@ def load_siamese(run_dir: str | Path, device: torch.device | str = "cpu") -> tup
     """The newest checkpoint of a Siamese run, frozen, in eval mode."""
     path, cfg = checkpoint_with_config(run_dir, SiameseConfig, "siamese")
     model = SiameseEncoder(cfg.model)
-    model.load_state_dict(load_file(path / "siamese.safetensors"))
+    load_weights_into(model, path / "siamese.safetensors")
     return model.to(device).eval().requires_grad_(False), cfg
 
 
@@ -47,13 +48,13 @@ def build_generator(cfg: GanConfig, state: dict[str, torch.Tensor]) -> Generator
 def load_generator(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[Generator, GanConfig, Path]:
     """The shipped EMA generator of a GAN run (see generator_weights), frozen, in eval mode; its file."""
     path, cfg = generator_weights(run_dir)
-    state = load_file(path)
+    state = read_weights(path)
     try:
         generator = build_generator(cfg, state)
-        generator.load_state_dict(state)
-    except (KeyError, RuntimeError) as err:
-        raise ValueError(f"{path}: not a generator of this version's design ({err}); retrain with `kssgan train "
-                         "gan`") from None
+    except KeyError as err:
+        raise CheckpointError(f"{path}: not a generator of this version's design (no {err}); retrain with "
+                              "`kssgan train gan`") from None
+    load_weights_into(generator, path, state)
     return generator.to(device).eval().requires_grad_(False), cfg, path
 
 
@@ -65,14 +66,20 @@ def cluster_faces_path(clusters: str | Path) -> Path:
 def load_clusters(path: str | Path) -> dict[str, Any]:
     """Read clusters.json and re-check the guarantee (a hand-edited file must not slip through)."""
     path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no clusters file (run `kssgan cluster` first)")
     try:
         data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no clusters file (run `kssgan cluster` first)") from None
+        members = [c["identities"] for c in data["clusters"]]
+        k = data["k"]
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON (truncated?): {err}") from None
+    except (KeyError, TypeError) as err:
+        raise InputError(f"{path}: not a clusters file: lacks {err}") from None
     try:
-        check_cluster_members([c["identities"] for c in data["clusters"]], data["k"])
+        check_cluster_members(members, k)
     except ValueError as err:
-        raise ValueError(f"{path}: breaks k-anonymity: {err}") from None
+        raise InputError(f"{path}: breaks k-anonymity: {err}") from None
     return data
 
 
@@ -81,5 +88,5 @@ def load_cluster_faces(path: str | Path) -> dict[str, torch.Tensor]:
     templates in the mean frame), uint8 [clusters, C, H, W], and `frame` [5, 2]."""
     faces = cluster_faces_path(path)
     if not faces.is_file():
-        raise FileNotFoundError(f"{faces}: the cluster faces are missing (rerun `kssgan cluster`)")
-    return load_file(faces)
+        raise InputError(f"{faces}: the cluster faces are missing (rerun `kssgan cluster`)")
+    return read_weights(faces)

@@ -43,7 +43,7 @@ def siamese_run(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     """A tiny Siamese trained on 2 ranks for 8 steps."""
     tmp = tmp_path_factory.mktemp("siamese")
     out = tmp / "run"
-    torchrun("train", "siamese", f"data={demo_data}", f"out={out}", "steps=8", "p=4", "k=2", "eval_every=4",
+    torchrun("train", "siamese", f"data={demo_data}", f"out={out}", "steps=8", "identities_per_batch=4", "images_per_identity=2", "eval_every=4",
              "log_every=2", *TINY, tmp=tmp)
     return out
 

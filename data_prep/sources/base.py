@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kssgan_hpc.errors import InputError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -51,5 +53,5 @@ def walk_files(root: Path) -> list[Path]:
     )
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """The source folder cannot be read as the requested layout; names the path and the problem."""

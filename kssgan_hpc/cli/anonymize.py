@@ -7,10 +7,8 @@ finishes an interrupted release. out/release/ is what ships; out/private/ stays.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from kssgan_hpc.cli.common import resolve_config
-from kssgan_hpc.config import ConfigError
 from kssgan_hpc.config.release import AnonymizeConfig
 
 
@@ -27,7 +25,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from kssgan_hpc.data.shards import ShardError
     from kssgan_hpc.logs import setup_logging
     from kssgan_hpc.release.anonymize import anonymize
 
@@ -35,13 +32,6 @@ def run(args: argparse.Namespace) -> int:
     if cfg is None:
         return code
     setup_logging(rank=int(os.environ.get("RANK", "0")))  # the gate's verdict, the release summary
-    try:
-        release = anonymize(cfg, progress=not args.no_progress)
-    except (ConfigError, ShardError, FileNotFoundError, ValueError) as err:
-        print(f"kssgan anonymize: error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:  # the gate refused the generator (gate.fallback=refuse)
-        print(f"kssgan anonymize: {err}", file=sys.stderr)
-        return 1
+    release = anonymize(cfg, progress=not args.no_progress)  # a refused gate: RunFailure, exit 1
     print(f"release: {release}  (manifest.json; cluster membership stays in {release.parent / 'private'})")
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from kssgan_hpc.cli.common import resolve_config
 from kssgan_hpc.config.train import ClusterConfig
@@ -25,11 +24,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg is None:
         return code
     setup_logging()
-    try:
-        result = build_clusters(cfg)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"kssgan cluster: error: {err}", file=sys.stderr)
-        return 1
+    result = build_clusters(cfg)
     sizes = [len(c["identities"]) for c in result["clusters"]]
     print(f"{result['identities']} identities -> {len(sizes)} clusters of {min(sizes)}..{max(sizes)} (k={cfg.k}): "
           f"{cfg.out}")

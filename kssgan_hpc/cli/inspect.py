@@ -18,13 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kssgan_hpc.data.inspection import inspect_dataset, write_contact_sheet
-    from kssgan_hpc.data.shards import ShardError
 
-    try:
-        report = inspect_dataset(args.dir)
-    except ShardError as err:
-        print(f"kssgan inspect: error: {err}", file=sys.stderr)
-        return 1
+    report = inspect_dataset(args.dir)
     m = report.manifest
     print(f"{report.root}: format {m['format_version']}, {m['resolution']}px x{m['channels']}, "
           f"{len(m['shards'])} shards, aligned by {m['align']}")

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from kssgan_hpc import __version__
-from kssgan_hpc.cli import anonymize, cluster, evaluate, inspect, pipeline, prep, submit, sweep, train
+from kssgan_hpc.cli import (
+    anonymize,
+    cluster,
+    evaluate,
+    inspect,
+    pipeline,
+    prep,
+    submit,
+    sweep,
+    train,
+)
+from kssgan_hpc.errors import EXIT_BAD_INPUT, EXIT_FAILED, KssganError
 
 STAGES = {"prep": prep, "inspect": inspect, "train": train, "cluster": cluster, "anonymize": anonymize,
           "evaluate": evaluate, "pipeline": pipeline, "submit": submit, "sweep": sweep}
@@ -17,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="kssgan", description="k-Same-Siamese-GAN face de-identification at HPC scale."
     )
     parser.add_argument("--version", action="version", version=f"kssgan-hpc {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, module in STAGES.items():
         module.add_parser(sub)
@@ -27,7 +40,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    return args.run(args)
+    if args.debug:
+        return args.run(args)
+    # The one error boundary: the project's exceptions and failed file access become one line naming
+    # the file and the problem; anything else is a bug and keeps its traceback.
+    try:
+        return args.run(args)
+    except KssganError as err:
+        print(f"kssgan {args.stage}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"kssgan {args.stage}: error: {where}{err.strerror or err}", file=sys.stderr)
+        user_side = (errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EEXIST)
+        return EXIT_BAD_INPUT if err.errno in user_side else EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from kssgan_hpc.cli.common import resolve_config
-from kssgan_hpc.config import ConfigError, PrepConfig
+from kssgan_hpc.config import PrepConfig
 from kssgan_hpc.logs import setup_logging
 
 FLAG_KEYS = ("source", "input", "out", "resolution", "workers")
@@ -31,21 +30,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_prep.prep import PrepError, run_prep
-    from data_prep.sources import SourceError
-    from kssgan_hpc.data.shards import ShardError
+    from data_prep.prep import run_prep
 
     flags = [f"{k}={getattr(args, k)}" for k in FLAG_KEYS if getattr(args, k) is not None]
     cfg, code = resolve_config("prep", PrepConfig, args, "prep", [*flags, *args.overrides])
     if cfg is None:
         return code
     setup_logging()
-    try:
-        result = run_prep(cfg, part=args.part, parts=args.parts, merge=args.merge,
-                          progress=not args.no_progress)
-    except (PrepError, SourceError, ShardError, ConfigError) as err:
-        print(f"kssgan prep: error: {err}", file=sys.stderr)
-        return 1
+    result = run_prep(cfg, part=args.part, parts=args.parts, merge=args.merge, progress=not args.no_progress)
     print(f"shards: {result.shards_written} written, {result.shards_reused} already complete "
           f"(of {result.shards_total})")
     if result.manifest is None:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from kssgan_hpc.cli.common import resolve_config
-from kssgan_hpc.config import ConfigError, dump_yaml, load_config, to_dict
+from kssgan_hpc.config import dump_yaml, load_config, to_dict
 from kssgan_hpc.config.launch import JobConfig
 
 RESOURCE_FLAGS = ("executor", "folder", "name", "nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task",
@@ -47,11 +47,7 @@ def run(args: argparse.Namespace) -> int:
         return code
     flags = [f"{name}={getattr(args, 'job_' + name)}" for name in RESOURCE_FLAGS
              if getattr(args, "job_" + name) is not None]
-    try:
-        job = load_config(JobConfig, args.config, flags, section="slurm")
-    except ConfigError as err:
-        print(f"kssgan submit: error: {err}", file=sys.stderr)
-        return 2
+    job = load_config(JobConfig, args.config, flags, section="slurm")
     if args.dry_run:
         print("slurm:\n  " + dump_yaml(job).replace("\n", "\n  ").rstrip())
         return 0

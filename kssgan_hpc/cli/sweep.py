@@ -9,10 +9,8 @@ Exit codes: 0 done; 1 aborted (too many failed trials); 2 bad config or state.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from kssgan_hpc.cli.common import resolve_config
-from kssgan_hpc.config import ConfigError
 from kssgan_hpc.config.sweep import SweepConfig
 
 
@@ -28,25 +26,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kssgan_hpc.sweep.driver import Sweep, SweepAborted
+    from kssgan_hpc.sweep.driver import Sweep
 
     cfg, code = resolve_config("sweep", SweepConfig, args, section=None)
     if cfg is None:
         return code
-    try:
-        sweep = Sweep(cfg)
-        print(f"sweep {cfg.name}: {cfg.budget} trials, {cfg.num_workers} in flight on {cfg.trial.executor}; "
-              f"state in {sweep.out}  (tensorboard --logdir {sweep.out / 'tensorboard'})")
-        resume = args.resume and sweep.has_state()
-        if args.resume and not resume:
-            print(f"no sweep state in {sweep.out}: starting")
-        best = sweep.run(resume=resume)
-    except (ConfigError, FileNotFoundError, FileExistsError) as err:
-        print(f"kssgan sweep: error: {err}", file=sys.stderr)
-        return 2
-    except SweepAborted as err:
-        print(f"kssgan sweep: {err}", file=sys.stderr)
-        return 1
+    sweep = Sweep(cfg)
+    print(f"sweep {cfg.name}: {cfg.budget} trials, {cfg.num_workers} in flight on {cfg.trial.executor}; "
+          f"state in {sweep.out}  (tensorboard --logdir {sweep.out / 'tensorboard'})")
+    resume = args.resume and sweep.has_state()
+    if args.resume and not resume:
+        print(f"no sweep state in {sweep.out}: starting")
+    best = sweep.run(resume=resume)  # SweepAborted (a failing population): exit 1
     counts = {s: sum(t.status == s for t in sweep.trials) for s in ("completed", "failed")}
     print(f"optimizer {sweep.chosen()}: {counts['completed']} completed, {counts['failed']} failed")
     print(f"results:     {sweep.out / 'results.csv'}")

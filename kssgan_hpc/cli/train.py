@@ -11,7 +11,6 @@ import argparse
 import sys
 
 from kssgan_hpc.cli.common import resolve_config
-from kssgan_hpc.config import ConfigError
 from kssgan_hpc.config.train import GanConfig, SiameseConfig
 
 STAGES = {"siamese": SiameseConfig, "gan": GanConfig}
@@ -28,7 +27,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kssgan_hpc.engine import EngineError
     from kssgan_hpc.train.run import TrainingStopped
 
     cfg, code = resolve_config("train", STAGES[args.stage], args, args.stage)
@@ -43,9 +41,6 @@ def run(args: argparse.Namespace) -> int:
             from kssgan_hpc.train.gan import train_gan
 
             out = train_gan(cfg)
-    except (ConfigError, EngineError, FileNotFoundError) as err:
-        print(f"kssgan train: error: {err}", file=sys.stderr)
-        return 2
     except TrainingStopped as stop:
         print(f"kssgan train: {stop}", file=sys.stderr)
         return stop.exit_code

@@ -10,10 +10,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from kssgan_hpc.errors import InputError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config file or override is wrong; the message names the source, the key and the fix."""
 
 

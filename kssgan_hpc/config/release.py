@@ -12,12 +12,20 @@ RECOGNIZERS = ("siamese", "dlib", "sface")
 """The face recognizers among the attackers (kssgan_hpc/evaluate/recognizers.py)."""
 
 
+def check_device(device: str) -> None:
+    kind, _, index = device.partition(":")
+    if device not in ("auto", "cpu", "cuda") and not (kind == "cuda" and index.isdigit()):
+        raise ConfigError(f"device={device!r} is invalid; use auto, cpu, cuda or cuda:<index>")
+
+
 @dataclass(kw_only=True)
 class AnonymizeConfig:
     gan: str = "runs/demo/gan"
     """GAN run folder: its newest checkpoint's EMA generator; its config names the Siamese."""
     data: str = "runs/demo/data"
     """Prepped dataset folder (manifest.json) whose `splits` are released."""
+    verify: Literal["full", "quick"] = "full"
+    """Check of the dataset before use: full = every shard's sha256; quick = sizes and HDF5 structure."""
     input: str | None = None
     """Instead of `data`: a folder of face images (<root>/<person>/<image>), prepped first by the
     same path as `kssgan prep` (alignment included) into out/private/input."""
@@ -44,6 +52,7 @@ class AnonymizeConfig:
     """auto: this rank's GPU when there is one, else CPU."""
 
     def __post_init__(self) -> None:
+        check_device(self.device)
         if self.k < 2:
             raise ConfigError(f"k={self.k} is invalid; k-anonymity needs k >= 2")
         if self.batch_size < 1 or self.images_per_shard < 1:
@@ -59,6 +68,8 @@ class EvaluateConfig:
     """GAN run folder (its shipped EMA generator; its config names the Siamese, the attacker who knows the system)."""
     data: str = "runs/demo/data"
     """Prepped dataset: the faces de-identified and attacked."""
+    verify: Literal["full", "quick"] = "full"
+    """Check of the dataset before use: full = every shard's sha256; quick = sizes and HDF5 structure."""
     training_split: Literal["train", "val", "test"] = "train"
     """The people the Siamese and G trained on (does G memorise its sources?)."""
     heldout_split: Literal["train", "val", "test"] = "test"
@@ -88,6 +99,7 @@ class EvaluateConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        check_device(self.device)
         if not self.ks or min(self.ks) < 2:
             raise ConfigError(f"ks={self.ks} is invalid; every k must be >= 2")
         if self.gallery_per_identity < 1 or self.probes_per_identity < 1:

@@ -11,10 +11,10 @@ from kssgan_hpc.config.gate import GateConfig
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    resolution: int = 64
-    """Image side in pixels; must equal the dataset's (power of two, 32..1024)."""
-    channels: int = 3
-    """Image channels; must equal the dataset's."""
+    resolution: int | None = None
+    """Image side in pixels: unset = the dataset's (set, it must equal the dataset's; power of two, 32..1024)."""
+    channels: int | None = None
+    """Image channels: unset = the dataset's."""
     embed_dim: int = 128
     """Siamese identity embedding size (also the generator's target code input)."""
     code_dim: int = 128
@@ -41,7 +41,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         r = self.resolution
-        if r < 32 or r > 1024 or r & (r - 1):
+        if r is not None and (r < 32 or r > 1024 or r & (r - 1)):
             raise ConfigError(f"model.resolution={r} is invalid; use a power of two from 32 to 1024")
         if not 0.0 < self.residual_bound <= 2.0:
             raise ConfigError(f"model.residual_bound={self.residual_bound} is invalid; use 0 < bound <= 2")
@@ -90,6 +90,9 @@ class LoopConfig:
 
     data: str = "runs/demo/data"
     """Prepped dataset folder (holds manifest.json)."""
+    verify: Literal["full", "quick"] = "full"
+    """Check of the dataset before training: full = every shard's sha256 (on rank 0, while the models are
+    built); quick = sizes and HDF5 structure only, for datasets so large that hashing costs too much."""
     out: str = "runs/demo/run"
     """Run folder: checkpoints/, tensorboard/, metrics.jsonl, resolved_config.yaml."""
     steps: int = 200
@@ -122,10 +125,10 @@ class LoopConfig:
 @dataclass(kw_only=True)
 class SiameseConfig(LoopConfig):
     out: str = "runs/demo/siamese"
-    p: int = 8
-    """Identities per batch (P of the P x K sampler); batch_size is derived as P*K (setting it has no effect)."""
-    k: int = 4
-    """Images per identity per batch."""
+    identities_per_batch: int = 8
+    """P of the P x K batch sampler; batch_size is derived as P*K (setting it has no effect)."""
+    images_per_identity: int = 4
+    """K of the P x K batch sampler: images of each identity in a batch (not the k of k-Same)."""
     lr: float = 3e-4
     """Adam learning rate."""
     margin: float = 0.5
@@ -134,9 +137,10 @@ class SiameseConfig(LoopConfig):
     """Steps between validation (verification accuracy and EER on held-out identities)."""
 
     def __post_init__(self) -> None:
-        if self.p < 2 or self.k < 2:
-            raise ConfigError(f"p={self.p}, k={self.k}: contrastive pairs need p >= 2 and k >= 2")
-        self.batch_size = self.p * self.k
+        p, k = self.identities_per_batch, self.images_per_identity
+        if p < 2 or k < 2:
+            raise ConfigError(f"identities_per_batch={p}, images_per_identity={k}: contrastive pairs need both >= 2")
+        self.batch_size = p * k
         super().__post_init__()
 
 
@@ -146,6 +150,8 @@ class ClusterConfig:
     """Prepped dataset folder."""
     siamese: str = "runs/demo/siamese"
     """Siamese run folder (its newest checkpoint is used)."""
+    verify: Literal["full", "quick"] = "full"
+    """Check of the dataset before use: full = every shard's sha256; quick = sizes and HDF5 structure."""
     out: str = "runs/demo/clusters.json"
     """Where clusters.json is written (k-Same-Pixel faces go beside it)."""
     split: Literal["train", "val", "test"] = "train"

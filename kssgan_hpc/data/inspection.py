@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from kssgan_hpc.data.shards import SPLITS, ShardError, load_manifest, open_shard, sha256_file
+from kssgan_hpc.data.shards import SPLITS, check_shard, load_manifest, open_shard
 
 log = logging.getLogger(__name__)
 
@@ -45,28 +45,14 @@ def inspect_dataset(root: str | Path) -> InspectReport:
         report.identities[split] = Counter()
         report.expressions[split] = Counter()
     for shard in manifest["shards"]:
-        path = root / shard["name"]
-        if not path.is_file():
-            report.problems.append(f"{shard['name']}: missing")
+        problem = check_shard(root, shard, manifest, full=True)
+        if problem is not None:
+            report.problems.append(problem.removeprefix(f"{root}/"))
             continue
-        digest = sha256_file(path)
-        if digest != shard["sha256"]:
-            report.problems.append(
-                f"{shard['name']}: checksum mismatch (sha256 {digest[:12]}…, manifest {shard['sha256'][:12]}…): "
-                "altered or truncated"
-            )
-            continue
-        try:
-            with open_shard(path) as f:
-                count = f["images"].shape[0]
-                identity = f["identity"][:]
-                expression = f["expression"][:]
-        except (ShardError, KeyError, OSError) as err:
-            report.problems.append(f"{shard['name']}: unreadable: {err}")
-            continue
-        if count != shard["images"]:
-            report.problems.append(f"{shard['name']}: holds {count} images, manifest says {shard['images']}")
-            continue
+        with open_shard(root / shard["name"]) as f:
+            count = f["images"].shape[0]
+            identity = f["identity"][:]
+            expression = f["expression"][:]
         split = shard["split"]
         report.images[split] += count
         report.identities[split].update(identity.tolist())

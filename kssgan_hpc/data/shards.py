@@ -27,12 +27,15 @@ import hashlib
 import json
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
+
+from kssgan_hpc.errors import InputError
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -56,7 +59,7 @@ TRACEABLE_FIELDS = ("landmarks", "quad", "source_sha256", "source_index")
 RELEASE_FIELDS = {name: spec for name, spec in LABEL_FIELDS.items() if name not in TRACEABLE_FIELDS}
 
 
-class ShardError(RuntimeError):
+class ShardError(InputError):
     """A shard or manifest is missing, truncated, altered or of another format; names the file."""
 
 
@@ -222,22 +225,116 @@ def manifest_path(path: str | Path) -> Path:
     return path / MANIFEST_NAME if path.is_dir() else path
 
 
+_SHARD_KEYS = {"name": str, "split": str, "images": int, "sha256": str, "bytes": int}
+
+
 def load_manifest(path: str | Path) -> dict[str, Any]:
-    """Read and check manifest.json; accepts the dataset folder or the file itself."""
+    """Read manifest.json and check its structure; accepts the dataset folder or the file itself.
+
+    Shard names must be plain file names in the dataset folder (a manifest cannot send a reader
+    elsewhere); every value a reader uses is checked for its type, so damage is an error naming the
+    file, never a traceback deep inside a stage."""
     path = manifest_path(path)
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise ShardError(f"{path}: no manifest (run `kssgan prep` first, or finish it with --merge)") from None
-    except json.JSONDecodeError as err:
-        raise ShardError(f"{path}: manifest is not valid JSON: {err}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ShardError(f"{path}: manifest is not valid JSON (truncated?): {err}") from None
+    except OSError as err:
+        raise ShardError(f"{path}: manifest unreadable: {err.strerror or err}") from None
+    if not isinstance(manifest, dict):
+        raise ShardError(f"{path}: manifest is a JSON {type(manifest).__name__}, expected an object")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ShardError(
             f"{path}: manifest format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}"
         )
-    for key in ("resolution", "channels", "shards", "splits", "vocab"):
+    for key, kind in (("resolution", int), ("channels", int), ("shards", list), ("splits", dict), ("vocab", dict)):
         if key not in manifest:
             raise ShardError(f"{path}: manifest lacks '{key}'")
+        if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
+            raise ShardError(f"{path}: manifest '{key}' is {manifest[key]!r}, expected a {kind.__name__}")
+    if manifest["channels"] not in (1, 3) or manifest["resolution"] < 1:
+        raise ShardError(f"{path}: manifest resolution {manifest['resolution']} x{manifest['channels']} channels "
+                         "is not an image size")
+    seen = set()
+    for i, shard in enumerate(manifest["shards"]):
+        where = f"{path}: shards[{i}]"
+        if not isinstance(shard, dict):
+            raise ShardError(f"{where} is {shard!r}, expected an object")
+        for key, kind in _SHARD_KEYS.items():
+            if key not in shard:
+                raise ShardError(f"{where} lacks '{key}'")
+            if not isinstance(shard[key], kind) or isinstance(shard[key], bool):
+                raise ShardError(f"{where}: '{key}' is {shard[key]!r}, expected a {kind.__name__}")
+        name = shard["name"]
+        if Path(name).name != name or name.startswith(".") or not name.endswith(".h5"):
+            raise ShardError(f"{where}: shard name {name!r} is not a file name inside the dataset folder")
+        if name in seen:
+            raise ShardError(f"{where}: shard {name} is listed twice")
+        seen.add(name)
+        if shard["split"] not in SPLITS:
+            raise ShardError(f"{where}: split {shard['split']!r} is not one of {SPLITS}")
+        if len(shard["sha256"]) != 64 or not all(c in "0123456789abcdef" for c in shard["sha256"]):
+            raise ShardError(f"{where}: sha256 {shard['sha256']!r} is not a hex sha256")
+        if shard["images"] < 0 or shard["bytes"] < 0:
+            raise ShardError(f"{where}: negative count")
+    return manifest
+
+
+VERIFY_MODES = ("full", "quick")
+"""full: every shard's sha256 against the manifest, plus `quick`; quick: size, HDF5 structure,
+format, resolution, channels, split and image count of every shard (seconds even at 600 GB)."""
+
+
+def check_shard(root: Path, shard: dict[str, Any], manifest: dict[str, Any], *, full: bool) -> str | None:
+    """What is wrong with one shard of a dataset (None: nothing). Size first (cheap), then the HDF5
+    structure against the manifest, then, when `full`, the streamed sha256."""
+    path = root / shard["name"]
+    if not path.is_file():
+        return f"{path}: missing"
+    size = path.stat().st_size
+    if size != shard["bytes"]:
+        return f"{path}: {size} bytes, the manifest says {shard['bytes']} (truncated or replaced)"
+    try:
+        with open_shard(path) as f:
+            shape = f["images"].shape
+            attrs = {key: f.attrs.get(key) for key in ("resolution", "channels", "split")}
+            lengths = {name: f[name].shape[0] for name in ("identity", "expression", "pose") if name in f}
+    except (ShardError, OSError, KeyError) as err:
+        return f"{path}: unreadable: {err}"
+    expected = (shard["images"], manifest["resolution"], manifest["resolution"], manifest["channels"])
+    if tuple(shape) != expected:
+        return f"{path}: images {tuple(shape)}, the manifest says {expected}"
+    if (attrs["resolution"], attrs["channels"]) != (manifest["resolution"], manifest["channels"]):
+        return (f"{path}: shard is {attrs['resolution']}px x{attrs['channels']}, the manifest says "
+                f"{manifest['resolution']}px x{manifest['channels']}")
+    if attrs["split"] != shard["split"]:
+        return f"{path}: shard of split {attrs['split']!r}, the manifest says {shard['split']!r}"
+    if "identity" not in lengths or any(n != shard["images"] for n in lengths.values()):
+        return f"{path}: label arrays {lengths} do not match {shard['images']} images"
+    if full:
+        digest = sha256_file(path)
+        if digest != shard["sha256"]:
+            return (f"{path}: checksum mismatch (sha256 {digest[:12]}…, manifest {shard['sha256'][:12]}…): "
+                    "altered or corrupted")
+    return None
+
+
+def verify_dataset(path: str | Path, mode: str = "full", *, workers: int = 8) -> dict[str, Any]:
+    """Load the manifest and check every shard (see VERIFY_MODES) with `workers` threads (hashing and
+    reading release the GIL); raises ShardError listing every bad shard. Returns the manifest."""
+    if mode not in VERIFY_MODES:
+        raise ShardError(f"verify={mode!r} is invalid; use one of {VERIFY_MODES}")
+    file = manifest_path(path)
+    manifest = load_manifest(file)
+    shards = manifest["shards"]
+    with ThreadPoolExecutor(max(1, min(workers, len(shards)))) as pool:
+        problems = [p for p in pool.map(lambda s: check_shard(file.parent, s, manifest, full=mode == "full"), shards)
+                    if p is not None]
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ShardError(f"{file}: {len(problems)} bad shard(s): " + "; ".join(problems[:5]) + more)
     return manifest
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import GradScalerKwargs
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from kssgan_hpc.config.train import EngineConfig
 from kssgan_hpc.engine.base import MicroBatchCounter, barrier, grad_norm, zero_loss
+from kssgan_hpc.weights import CheckpointError, load_weights_into, read_state
 
 MIXED = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}
 
@@ -129,12 +130,16 @@ class AccelerateEngine:
 
     def load(self, directory: Path) -> None:
         for name in self._models:
-            self.unwrap(name).load_state_dict(load_file(directory / f"{name}.safetensors"))
-            state = torch.load(directory / f"{name}-optimizer.pt", map_location="cpu", weights_only=True)
-            self._optimizers[name].load_state_dict(state)
+            load_weights_into(self.unwrap(name), directory / f"{name}.safetensors")
+            state = read_state(directory / f"{name}-optimizer.pt")
+            try:
+                self._optimizers[name].load_state_dict(state)
+            except (KeyError, ValueError, TypeError) as err:
+                raise CheckpointError(f"{directory / f'{name}-optimizer.pt'}: optimizer state of another model: "
+                                      f"{err}") from None
         scaler = self._scaler or self.accelerator.scaler
         if scaler is not None and (directory / "grad-scaler.pt").is_file():
-            scaler.load_state_dict(torch.load(directory / "grad-scaler.pt", weights_only=True))
+            scaler.load_state_dict(read_state(directory / "grad-scaler.pt"))
 
     def close(self) -> None:
         self.accelerator.end_training()

@@ -20,10 +20,11 @@ import torch.distributed as dist
 from torch import nn
 
 from kssgan_hpc.config.train import EngineConfig
+from kssgan_hpc.errors import InputError
 from kssgan_hpc.launch import apply_distributed_env
 
 
-class EngineError(RuntimeError):
+class EngineError(InputError):
     """The engine cannot run as configured (e.g. fp16 without a GPU); says what to change."""
 
 

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import deepspeed
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from kssgan_hpc.config.train import EngineConfig
 from kssgan_hpc.engine.base import EngineError, MicroBatchCounter, barrier, grad_norm, zero_loss
+from kssgan_hpc.weights import CheckpointError, load_weights_into, read_state
 
 
 def _safe_globals() -> list:
@@ -179,16 +180,15 @@ class DeepSpeedEngine:
 
     def load(self, directory: Path) -> None:
         for name, engine in self._engines.items():
-            weights = load_file(directory / f"{name}.safetensors")
-            engine.module.load_state_dict(weights)
+            load_weights_into(engine.module, directory / f"{name}.safetensors")
             paths = sorted(directory.glob(f"{name}-optimizer-rank*.pt"))
             if len(paths) != self.world_size:
-                raise FileNotFoundError(
+                raise CheckpointError(
                     f"{directory}: optimizer state of {len(paths)} ranks for '{name}', this run has "
                     f"{self.world_size}; resume with the same number of ranks"
                 )
             with torch.serialization.safe_globals(_safe_globals()):
-                states = [torch.load(p, map_location="cpu", weights_only=True) for p in paths]
+                states = [read_state(p) for p in paths]
             optimizer = engine.optimizer
             if "load_from_fp32_weights" in inspect.signature(optimizer.load_state_dict).parameters:
                 # ZeRO 1/2 optimizers take every rank's partition and rebuild fp32 master weights from them.

@@ -31,12 +31,14 @@ from kssgan_hpc import __version__
 from kssgan_hpc.artefacts import load_generator, load_siamese
 from kssgan_hpc.config.release import EvaluateConfig
 from kssgan_hpc.data.dataset import FaceShards
-from kssgan_hpc.data.shards import SPLITS, atomic_write_json
+from kssgan_hpc.data.shards import SPLITS, atomic_write_json, verify_dataset
+from kssgan_hpc.errors import InputError
 from kssgan_hpc.evaluate.attackers import make_attacker
 from kssgan_hpc.evaluate.baselines import gaussian_blur, ksame_pixel, pixelate
 from kssgan_hpc.evaluate.kid import kernel_inception_distance
 from kssgan_hpc.evaluate.measures import landmark_drift, psnr, ssim
 from kssgan_hpc.evaluate.recognizers import SFaceRecognizer, YuNet, upscale
+from kssgan_hpc.folders import claim_folder
 from kssgan_hpc.ksame.build import identity_statistics, ksame
 from kssgan_hpc.release.checks import check_release_clusters, scan_release
 from kssgan_hpc.release.deidentify import deidentify
@@ -173,22 +175,25 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     tick = time.time()
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     generator, gan_cfg, weights = load_generator(cfg.gan, device)
+    verify_dataset(cfg.data, cfg.verify)
     siamese, _ = load_siamese(gan_cfg.siamese, device)
     attackers = {name: make_attacker(name, gan_cfg.siamese, device) for name in cfg.attackers}
     detector = YuNet()
     # One SFace for the attack and for KID: each output is embedded once.
     sface = attackers["sface"].recognizer if "sface" in attackers else SFaceRecognizer()
+    pops = {}
+    for label, split in (("training", cfg.training_split), ("heldout", cfg.heldout_split)):
+        pops[label] = pop = population_of(FaceShards(Path(cfg.data), split), cfg.gallery_per_identity,
+                                          cfg.probes_per_identity)
+        if pop.identities < max(cfg.ks):
+            raise InputError(f"{cfg.data}: the {label} split '{split}' has {pop.identities} people with 2+ images; "
+                             f"k={max(cfg.ks)} needs at least that many (lower ks or change the split fractions)")
+    out = claim_folder(cfg.out, "report")  # every input is checked: the first write
     populations: dict[str, Any] = {}
     outputs: dict[str, Any] = {}
     for label, split in (("training", cfg.training_split), ("heldout", cfg.heldout_split)):
-        data = FaceShards(Path(cfg.data), split)
-        pop = population_of(data, cfg.gallery_per_identity, cfg.probes_per_identity)
-        if pop.identities < max(cfg.ks):
-            raise ValueError(f"{cfg.data}: the {label} split '{split}' has {pop.identities} people with 2+ images; "
-                             f"k={max(cfg.ks)} needs at least that many (lower ks or change the split fractions)")
+        pop = pops[label]
         others = [FaceShards(Path(cfg.data), s) for s in SPLITS if s != split]
         reference = sface.embed(np.concatenate([read_images(o, np.arange(len(o))) for o in others if len(o)]))
         log.info("evaluating the %s people (%s: %d people)", label, split, pop.identities)

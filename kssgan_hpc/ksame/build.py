@@ -23,7 +23,9 @@ from safetensors.torch import save_file
 from kssgan_hpc.artefacts import cluster_faces_path, load_cluster_faces, load_clusters, load_siamese
 from kssgan_hpc.config.train import ClusterConfig
 from kssgan_hpc.data.dataset import FaceShards, collate_faces
-from kssgan_hpc.data.shards import atomic_write_json, load_manifest
+from kssgan_hpc.data.shards import atomic_write_json, verify_dataset
+from kssgan_hpc.errors import InputError
+from kssgan_hpc.folders import claim_file
 from kssgan_hpc.ksame.aligned import mean_frame, render, to_frame
 from kssgan_hpc.ksame.clusters import average_faces, cluster_identities, surrogate_targets
 from kssgan_hpc.train.run import to_unit
@@ -190,21 +192,22 @@ def ksame_from_file(path: str | Path, data: FaceShards) -> KSame:
 
 def build_clusters(cfg: ClusterConfig) -> dict[str, Any]:
     """Cluster the identities of `cfg.split`; write clusters.json and the cluster faces."""
-    model, siamese_cfg = load_siamese(cfg.siamese)
-    data = FaceShards(Path(cfg.data), cfg.split)
-    if data.resolution != siamese_cfg.model.resolution:
-        raise ValueError(f"{cfg.data} is {data.resolution}px, the Siamese in {cfg.siamese} expects "
-                         f"{siamese_cfg.model.resolution}px")
-    population = ksame(identity_statistics(model, data, cfg.batch_size), cfg.k, method=cfg.method, seed=cfg.seed)
     out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    claim_file(out, "clusters")  # checked first: nothing is computed for an output that would be refused
+    model, siamese_cfg = load_siamese(cfg.siamese)
+    manifest = verify_dataset(cfg.data, cfg.verify)
+    data = FaceShards(Path(cfg.data), cfg.split)
+    if (data.resolution, data.channels) != (siamese_cfg.model.resolution, siamese_cfg.model.channels):
+        raise InputError(f"{cfg.data} is {data.resolution}px x{data.channels}, the Siamese in {cfg.siamese} "
+                         f"expects {siamese_cfg.model.resolution}px x{siamese_cfg.model.channels}")
+    population = ksame(identity_statistics(model, data, cfg.batch_size), cfg.k, method=cfg.method, seed=cfg.seed)
     faces_path = cluster_faces_path(out)
     tmp = faces_path.with_name(f".{faces_path.name}.tmp-{os.getpid()}")
     save_file({"pixel": torch.from_numpy(population.pixel), "aligned": torch.from_numpy(population.aligned),
                "frame": torch.from_numpy(population.frame)}, tmp)
     os.replace(tmp, faces_path)
-    manifest = load_manifest(cfg.data)
     result = {
+        "kind": "clusters",
         "k": cfg.k,
         "method": cfg.method,
         "seed": cfg.seed,

@@ -49,8 +49,11 @@ from kssgan_hpc.data.shards import (
     open_shard,
     sha256_file,
     shard_name,
+    verify_dataset,
 )
 from kssgan_hpc.engine.base import barrier
+from kssgan_hpc.errors import InputError, RunFailure
+from kssgan_hpc.folders import claim_folder
 from kssgan_hpc.ksame.build import KSame, identity_statistics, ksame
 from kssgan_hpc.launch.env import apply_distributed_env
 from kssgan_hpc.release.deidentify import cue_labels, deidentify
@@ -109,10 +112,13 @@ def anonymize(cfg: AnonymizeConfig, progress: bool = True) -> Path:
         torch.device(cfg.device)
     generator, gan_cfg, weights = load_generator(cfg.gan, device)
     siamese, _ = load_siamese(gan_cfg.siamese, device)
+    verify = cfg.verify if env.rank == 0 else "quick"  # one rank reads every byte
+    if not cfg.input:
+        verify_dataset(cfg.data, verify)
+    out = claim_folder(cfg.out, "release")  # every input above is checked before this first write
     data_dir = _prepared_input(cfg, gan_cfg.model.resolution) if cfg.input else Path(cfg.data)
     splits = ["test"] if cfg.input else cfg.splits
-    source = load_manifest(data_dir)
-    out = Path(cfg.out)
+    source = verify_dataset(data_dir, verify) if cfg.input else load_manifest(data_dir)
     release, private = out / "release", out / "private"
     try:
         settings = _check_settings(cfg, private / "settings.json", source, weights, env.rank)
@@ -123,7 +129,7 @@ def anonymize(cfg: AnonymizeConfig, progress: bool = True) -> Path:
         for split_number, split in enumerate(splits):
             data = FaceShards(data_dir, split)
             if data.resolution != gan_cfg.model.resolution or data.channels != gan_cfg.model.channels:
-                raise ValueError(f"{data_dir}: {data.resolution}px x{data.channels}, the generator in {cfg.gan} "
+                raise InputError(f"{data_dir}: {data.resolution}px x{data.channels}, the generator in {cfg.gan} "
                                  f"makes {gan_cfg.model.resolution}px x{gan_cfg.model.channels}")
             population = ksame(identity_statistics(siamese, data, cfg.batch_size, device), cfg.k, method=cfg.method,
                                seed=cfg.seed)
@@ -176,7 +182,7 @@ def _gate(cfg: AnonymizeConfig, path: Path, data_dir: Path, siamese: torch.nn.Mo
     barrier()
     method = json.loads(path.read_text())["shipped"]
     if method == "refused":
-        raise RuntimeError(f"{path}: the generator in {cfg.gan} failed the release gate and gate.fallback=refuse: "
+        raise RunFailure(f"{path}: the generator in {cfg.gan} failed the release gate and gate.fallback=refuse: "
                            "nothing was released (the reasons are in this file)")
     return method
 
@@ -193,7 +199,7 @@ def _check_settings(cfg: AnonymizeConfig, path: Path, source: dict[str, Any], we
         before = json.loads(path.read_text())
         changed = sorted(key for key in settings if before.get(key) != settings[key])
         if changed:
-            raise ValueError(f"{path.parent.parent}: a release made with other settings ({', '.join(changed)}) is "
+            raise InputError(f"{path.parent.parent}: a release made with other settings ({', '.join(changed)}) is "
                              "there; finish it with the same ones, or write to another out")
     elif rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)

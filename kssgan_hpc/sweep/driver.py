@@ -6,11 +6,14 @@ as its own submitit job; a finished job's objective is told at once. A failed, c
 timed-out trial is told the failure penalty and recorded with its error: the population goes on
 until more than max_failure_rate of the finished trials failed.
 
-State, rewritten atomically after every ask, submit and tell (trials first, then the optimizer):
-  trials.jsonl          every trial: params, status, job id, times, objective, metrics, error
-  state/optimizer.pkl   the optimizer and the candidates in flight, pickled together (nevergrad
-                        ties a tell to its candidate object). A file of this sweep's own making:
-                        it is unpickled only from the sweep's folder, like submitit's job pickles.
+State, rewritten atomically after every ask, submit and tell (the optimizer first, then the trials):
+  state/optimizer-<sha256>.pkl  the optimizer and the candidates in flight, pickled together
+                        (nevergrad ties a tell to its candidate object); named by its digest, so the
+                        previous one stays valid until trials.jsonl points to the new one.
+  trials.jsonl          every trial: params, status, job id, times, objective, metrics, error; its
+                        last line {"optimizer_state": <file>, "sha256": <digest>} names the pickle.
+Unpickling runs code, so `--resume` loads the pickle only if it is owned by this user, not group-
+or world-writable, and its sha256 is the one trials.jsonl recorded (a planted file is refused).
 `--resume` reads both, tells what finished while the driver was away, re-attaches the jobs in
 flight and resubmits (max_resubmits times) a job the scheduler no longer knows.
 
@@ -21,6 +24,7 @@ for a full `kssgan train gan --config`), TensorBoard hparams per trial and the b
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -38,6 +42,8 @@ from kssgan_hpc.config import ConfigError, load_config, to_dict
 from kssgan_hpc.config.sweep import SweepConfig
 from kssgan_hpc.config.train import GanConfig
 from kssgan_hpc.data.shards import atomic_write_json, atomic_write_text
+from kssgan_hpc.errors import InputError, RunFailure
+from kssgan_hpc.folders import claim_folder
 from kssgan_hpc.launch.submit import attach_job, job_status, make_executor
 from kssgan_hpc.sweep.space import as_overrides, parametrization, plain
 from kssgan_hpc.sweep.trial import TrialTask
@@ -55,7 +61,11 @@ def error_summary(error: str) -> str:
     return (final[-1] if final else lines[0] if lines else error).strip()
 
 
-class SweepAborted(RuntimeError):
+class SweepStateError(InputError):
+    """The sweep's saved state is missing, damaged or not safe to unpickle."""
+
+
+class SweepAborted(RunFailure):
     """Too many trials failed; the message says how many and where their errors are."""
 
 
@@ -118,26 +128,56 @@ class Sweep:
                     raise ConfigError(f"sweep space does not fit {self.cfg.base_config}: {err}") from None
 
     def has_state(self) -> bool:
-        return (self.out / "state" / "optimizer.pkl").is_file()
+        return (self.out / "trials.jsonl").is_file()
+
+    def _read_state(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """trials.jsonl: (trial records, its last line naming the optimizer pickle and its digest)."""
+        path = self.out / "trials.jsonl"
+        try:
+            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except (OSError, ValueError) as err:
+            raise SweepStateError(f"{path}: unreadable sweep state: {err}") from None
+        if not lines or "optimizer_state" not in lines[-1]:
+            raise SweepStateError(f"{path}: its last line does not name the optimizer state (a sweep of an older "
+                                  "version, or an edited file); start a new sweep in another out")
+        return lines[:-1], lines[-1]
+
+    def _load_optimizer(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Unpickle the optimizer state only if this user owns it, nobody else may write it, and its
+        digest is the one trials.jsonl recorded: unpickling runs whatever the file says."""
+        name = str(record["optimizer_state"])
+        path = self.out / "state" / name
+        if Path(name).name != name or not path.is_file():
+            raise SweepStateError(f"{path}: the optimizer state named in trials.jsonl is missing")
+        for where in (path, path.parent):
+            info = where.stat()
+            if info.st_uid != os.getuid():
+                raise SweepStateError(f"{where}: owned by uid {info.st_uid}, not by you; refusing to unpickle")
+            if info.st_mode & 0o022:
+                raise SweepStateError(f"{where}: writable by group or others (mode {info.st_mode & 0o777:o}); "
+                                      "refusing to unpickle (chmod go-w it if you trust it)")
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != record.get("sha256"):
+            raise SweepStateError(f"{path}: sha256 differs from the one trials.jsonl recorded; refusing to unpickle")
+        return pickle.loads(data)  # noqa: S301 - owner, permissions and digest checked above
 
     def _open(self, resume: bool) -> None:
-        state = self.out / "state" / "optimizer.pkl"
         if resume:
-            if not state.is_file():
-                raise FileNotFoundError(f"{state}: no sweep state to resume (start without --resume)")
+            if not self.has_state():
+                raise SweepStateError(f"{self.out}: no sweep state to resume (start without --resume)")
             saved = json.loads((self.out / "sweep.json").read_text())["config"]
             if saved != to_dict(self.cfg):
                 raise ConfigError(f"{self.out}: the sweep was started with another configuration; resume with "
                                   f"the same file, or start a new sweep in another out folder")
-            with open(state, "rb") as fh:
-                loaded = pickle.load(fh)  # noqa: S301 - the sweep's own state file (see module doc)
+            records, state = self._read_state()
+            loaded = self._load_optimizer(state)
             self.optimizer, self.pending = loaded["optimizer"], loaded["pending"]
-            lines = (self.out / "trials.jsonl").read_text().splitlines()
-            self.trials = [Trial(**json.loads(line)) for line in lines if line.strip()]
+            self.trials = [Trial(**record) for record in records]
         else:
-            if state.is_file():
-                raise FileExistsError(f"{self.out} holds a sweep already: --resume it, or choose another out")
-            (self.out / "state").mkdir(parents=True, exist_ok=True)
+            if self.has_state():
+                raise SweepStateError(f"{self.out} holds a sweep already: --resume it, or choose another out")
+            claim_folder(self.out, "sweep")
+            (self.out / "state").mkdir(mode=0o700, parents=True, exist_ok=True)
             self.optimizer = ng.optimizers.registry[self.cfg.optimizer](
                 parametrization=parametrization(self.cfg.space, self.cfg.seed),
                 budget=self.cfg.budget, num_workers=self.cfg.num_workers)
@@ -155,13 +195,21 @@ class Sweep:
 
     # ------------------------------------------------------------------ state
     def save(self) -> None:
-        atomic_write_text(self.out / "trials.jsonl", "".join(json.dumps(asdict(t)) + "\n" for t in self.trials))
-        tmp = self.out / "state" / "optimizer.pkl.tmp"
-        with open(tmp, "wb") as fh:
-            pickle.dump({"optimizer": self.optimizer, "pending": self.pending}, fh)
+        data = pickle.dumps({"optimizer": self.optimizer, "pending": self.pending})
+        digest = hashlib.sha256(data).hexdigest()
+        name = f"optimizer-{digest[:16]}.pkl"
+        state = self.out / "state"
+        tmp = state / f".{name}.tmp-{os.getpid()}"
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, self.out / "state" / "optimizer.pkl")
+        os.replace(tmp, state / name)
+        lines = [json.dumps(asdict(t)) for t in self.trials] + [json.dumps({"optimizer_state": name, "sha256": digest})]
+        atomic_write_text(self.out / "trials.jsonl", "\n".join(lines) + "\n")
+        for old in state.glob("optimizer-*.pkl"):  # trials.jsonl names the new one now
+            if old.name != name:
+                old.unlink(missing_ok=True)
 
     def _candidate(self, trial: Trial) -> ng.p.Parameter:
         """The asked candidate; rebuilt from the params when the driver died between its two writes."""

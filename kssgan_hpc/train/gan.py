@@ -32,9 +32,9 @@ from kssgan_hpc.train import loss
 from kssgan_hpc.train.run import (
     Run,
     batches_forever,
-    check_data_matches,
     image_grid,
     loader_worker_init,
+    model_from_data,
     seed_everything,
     to_uint8,
     to_unit,
@@ -49,7 +49,7 @@ def train_gan(cfg: GanConfig) -> Path:
     engine = run.engine
     try:
         data = FaceShards(Path(cfg.data), "train")
-        check_data_matches(data, cfg.model, cfg.data)
+        model_from_data(data, cfg.model, cfg.data)
         population = ksame_from_file(cfg.clusters, data)  # the training people's clusters and base faces
         surrogates = torch.from_numpy(population.surrogates).to(engine.device)
         siamese, _ = load_siamese(cfg.siamese, engine.device)
@@ -66,6 +66,7 @@ def train_gan(cfg: GanConfig) -> Path:
         seed_everything(cfg.engine.seed + 1000 * (engine.rank + 1))
         selector = (CheckpointSelector(cfg, run.out, siamese, engine.device)
                     if engine.is_main and cfg.select_split else None)
+        run.start()  # every input is loaded and checked: now the run folder is written
 
         step, consumed = 0, 0
         resumed = run.resume()

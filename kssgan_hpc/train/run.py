@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -28,15 +29,23 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.tensorboard import SummaryWriter
 
 from kssgan_hpc.config import dump_yaml, from_dict
 from kssgan_hpc.config.core import ConfigError
 from kssgan_hpc.config.train import LoopConfig, ModelConfig
-from kssgan_hpc.data.shards import atomic_write_text
-from kssgan_hpc.engine.base import Engine, all_reduce, barrier, build_engine, replicas_identical
+from kssgan_hpc.data.shards import ShardError, atomic_write_text, verify_dataset
+from kssgan_hpc.engine.base import (
+    Engine,
+    all_reduce,
+    barrier,
+    build_engine,
+    replicas_identical,
+)
+from kssgan_hpc.folders import claim_folder
 from kssgan_hpc.logs import setup_logging
+from kssgan_hpc.weights import CheckpointError, read_state, read_weights
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +113,15 @@ def loader_worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def check_data_matches(data: Any, model: ModelConfig, source: str) -> None:
-    if data.resolution != model.resolution or data.channels != model.channels:
-        raise ConfigError(
-            f"{source}: data is {data.resolution}px x{data.channels}, model.resolution={model.resolution} "
-            f"model.channels={model.channels}; set model.resolution={data.resolution} model.channels={data.channels}"
-        )
+def model_from_data(data: Any, model: ModelConfig, source: str) -> None:
+    """The model's resolution and channels come from the dataset (as StyleGAN2-ADA derives them): unset
+    ones are filled in (and so recorded in the run's resolved config); a value that differs is an error."""
+    for name in ("resolution", "channels"):
+        given, found = getattr(model, name), getattr(data, name)
+        if given is not None and given != found:
+            raise ConfigError(f"{source}: data is {data.resolution}px x{data.channels}, model.{name}={given}; "
+                              f"leave model.{name} unset (it comes from the data) or prep the data at that size")
+        setattr(model, name, found)
 
 
 def seed_everything(seed: int) -> None:
@@ -121,21 +133,17 @@ class Run:
     """The run folder and services of one training stage, on every rank."""
 
     def __init__(self, cfg: LoopConfig, stage: str) -> None:
+        """Starts the engine and, on rank 0, the dataset's verification (in the background, while the
+        loop loads its inputs and builds its models); writes nothing until `start()`."""
         self.cfg = cfg
         self.stage = stage
         self.engine: Engine = build_engine(cfg.engine)
         self.out = Path(cfg.out)
         self.checkpoints = self.out / "checkpoints"
-        if self.engine.is_main:
-            self.checkpoints.mkdir(parents=True, exist_ok=True)
-            for stale in self.checkpoints.glob(".step-*.tmp"):  # a save cut short by a kill
-                shutil.rmtree(stale, ignore_errors=True)
-        barrier()
-        setup_logging(self.out / f"{stage}.log" if self.engine.is_main else None, rank=self.engine.rank)
+        setup_logging(rank=self.engine.rank)
         self.tb: SummaryWriter | None = None
-        if self.engine.is_main:
-            self._write_run_record()
-            self.tb = SummaryWriter(str(self.out / "tensorboard"))
+        self._checker = ThreadPoolExecutor(1, thread_name_prefix="verify") if self.engine.is_main else None
+        self._verified = self._checker.submit(verify_dataset, cfg.data, cfg.verify) if self._checker else None
         self._stop_signal: str | None = None
         # Test hook: KSSGAN_INJECT_NAN="<step>,<rank>" makes that rank's losses NaN at that step.
         inject = os.environ.get("KSSGAN_INJECT_NAN")
@@ -146,6 +154,28 @@ class Run:
         self._hold_at = int(hold) if hold else None
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_signal)
+
+    def start(self) -> None:
+        """Collective, once every input is loaded and checked: wait for the dataset's verification,
+        claim the run folder (a folder of another kind is refused) and write the run's records."""
+        problem = ""
+        if self._verified is not None:
+            try:
+                self._verified.result()
+            except ShardError as err:
+                problem = str(err)
+        if all_reduce({"bad": 1.0 if problem else 0.0}, op="max")["bad"] > 0:
+            raise ShardError(problem or f"{self.cfg.data}: rank 0 found the dataset damaged (see its error)")
+        if self.engine.is_main:
+            claim_folder(self.out, self.stage)
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            for stale in self.checkpoints.glob(".step-*.tmp"):  # a save cut short by a kill
+                shutil.rmtree(stale, ignore_errors=True)
+        barrier()
+        setup_logging(self.out / f"{self.stage}.log" if self.engine.is_main else None, rank=self.engine.rank)
+        if self.engine.is_main:
+            self._write_run_record()
+            self.tb = SummaryWriter(str(self.out / "tensorboard"))
 
     # ------------------------------------------------------------------ records
     def _write_run_record(self) -> None:
@@ -289,18 +319,20 @@ class Run:
         self.engine.load(path)
         trainer_path = path / f"trainer-rank{self.engine.rank:05d}.pt"
         if not trainer_path.is_file():
-            raise FileNotFoundError(f"{trainer_path}: missing; resume with the rank count the checkpoint was made with")
-        trainer = torch.load(trainer_path, map_location="cpu", weights_only=True)
+            raise CheckpointError(f"{trainer_path}: missing; resume with the rank count the checkpoint was made with")
+        trainer = read_state(trainer_path)
         torch.set_rng_state(trainer["torch_rng"])
         random.setstate(_as_tuple(trainer["python_rng"]))
         if "cuda_rng" in trainer and torch.cuda.is_available():
             torch.cuda.set_rng_state(trainer["cuda_rng"])
-        extra = {p.stem.removeprefix("extra-"): load_file(p) for p in path.glob("extra-*.safetensors")}
+        extra = {p.stem.removeprefix("extra-"): read_weights(p) for p in path.glob("extra-*.safetensors")}
         log.info("resumed from %s (step %d)", path, trainer["step"])
         self._hold_at = None  # the hook holds a fresh run only
         return Resumed(step=trainer["step"], sampler=trainer["sampler"], extra=extra)
 
     def close(self) -> None:
+        if self._checker is not None:
+            self._checker.shutdown(wait=False, cancel_futures=True)
         if self.tb is not None:
             self.tb.close()
         self.engine.close()
@@ -322,8 +354,13 @@ def checkpoint_with_config(run_dir: str | Path, cls: type, stage: str) -> tuple[
     path = latest_checkpoint(Path(run_dir) / "checkpoints")
     if path is None:
         label = {"siamese": "Siamese", "gan": "GAN"}.get(stage, stage)
-        raise FileNotFoundError(f"{run_dir}: no complete {label} checkpoint (run `kssgan train {stage}` first)")
-    return path, from_dict(cls, yaml.safe_load((path / "config.yaml").read_text()), str(path / "config.yaml"))
+        raise CheckpointError(f"{run_dir}: no complete {label} checkpoint (run `kssgan train {stage}` first)")
+    config = path / "config.yaml"
+    try:
+        values = yaml.safe_load(config.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise CheckpointError(f"{config}: unreadable checkpoint config: {err}") from None
+    return path, from_dict(cls, values if isinstance(values, dict) else {"": values}, str(config))
 
 
 def _as_tuple(value: Any) -> Any:

@@ -18,8 +18,8 @@ from kssgan_hpc.models import SiameseEncoder
 from kssgan_hpc.train.run import (
     Run,
     batches_forever,
-    check_data_matches,
     loader_worker_init,
+    model_from_data,
     seed_everything,
     to_unit,
 )
@@ -80,14 +80,15 @@ def train_siamese(cfg: SiameseConfig) -> Path:
     try:
         train = FaceShards(Path(cfg.data), "train")
         val = FaceShards(Path(cfg.data), "val")
-        check_data_matches(train, cfg.model, cfg.data)
+        model_from_data(train, cfg.model, cfg.data)
         seed_everything(cfg.engine.seed)  # identical initial weights on every rank
         model = SiameseEncoder(cfg.model)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         engine.prepare("siamese", model, optimizer)
-        sampler = IdentityBalancedBatchSampler(train.labels["identity"], cfg.p, cfg.k,
+        sampler = IdentityBalancedBatchSampler(train.labels["identity"], cfg.identities_per_batch, cfg.images_per_identity,
                                                num_replicas=engine.world_size, rank=engine.rank, seed=cfg.engine.seed)
         seed_everything(cfg.engine.seed + 1000 * (engine.rank + 1))
+        run.start()  # every input is loaded and checked: now the run folder is written
         step, consumed = 0, 0
         resumed = run.resume()
         if resumed is not None:

@@ -33,7 +33,7 @@ def release_held(job: str) -> bool:
 def submit(tmp_path: Path, out: Path, demo_data: Path) -> subprocess.CompletedProcess:
     return kssgan("submit", "train", "siamese", "--folder", str(tmp_path / "submitit"), "--time-min", "2",
                   "--signal-delay-s", "60", "--tasks-per-node", "2", "--cpus-per-task", "1", "--max-requeues", "6",
-                  f"data={demo_data}", f"out={out}", f"steps={STEPS}", "p=4", "k=2", "eval_every=100000",
+                  f"data={demo_data}", f"out={out}", f"steps={STEPS}", "identities_per_batch=4", "images_per_identity=2", "eval_every=100000",
                   "checkpoint_every=100000", "log_every=50", "model.resolution=32", "model.siamese_width=8",
                   "model.max_width=32", "workers=0", check=True)
 

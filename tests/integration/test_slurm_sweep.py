@@ -22,7 +22,8 @@ BUDGET = ["steps=80", "log_every=10", "image_every=1000", "checkpoint_every=40"]
 
 def trials(out: Path) -> list[dict]:
     path = out / "trials.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return [line for line in lines if "optimizer_state" not in line]  # the last line names the optimizer state
 
 
 def wait_until(condition, timeout: float, what: str) -> None:

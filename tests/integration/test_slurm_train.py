@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.skipif(cluster_up() is not None, re
 
 def test_train_template_runs_two_ranks(demo_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "siamese"
-    train_args = (f"data={demo_data} out={out} steps=2 p=4 k=2 eval_every=100 workers=0 model.resolution=32 "
+    train_args = (f"data={demo_data} out={out} steps=2 identities_per_batch=4 images_per_identity=2 eval_every=100 workers=0 model.resolution=32 "
                   "model.siamese_width=8 model.max_width=32")
     env = {**os.environ, "STAGE": "siamese", "TRAIN_ARGS": train_args, "PROCS_PER_NODE": "2",
            "VENV": sys.prefix, "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions")}
@@ -31,7 +31,7 @@ def test_train_template_runs_two_ranks(demo_data: Path, tmp_path: Path) -> None:
 
 def test_one_task_per_rank_template(demo_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "siamese"
-    train_args = (f"data={demo_data} out={out} steps=2 p=4 k=2 eval_every=100 workers=0 model.resolution=32 "
+    train_args = (f"data={demo_data} out={out} steps=2 identities_per_batch=4 images_per_identity=2 eval_every=100 workers=0 model.resolution=32 "
                   "model.siamese_width=8 model.max_width=32")
     env = {**os.environ, "STAGE": "siamese", "TRAIN_ARGS": train_args, "VENV": sys.prefix}
     job = subprocess.run(["sbatch", "--parsable", f"--chdir={REPO}", "--ntasks-per-node=2", "--cpus-per-task=1",

@@ -31,7 +31,7 @@ def test_local_two_task_job_trains_on_two_ranks(demo_data: Path, tmp_path: Path)
     out = tmp_path / "run"
     proc = kssgan("submit", "train", "siamese", "--executor", "local", "--tasks-per-node", "2", "--cpus-per-task",
                   "1", "--folder", str(tmp_path / "submitit"), "--wait", f"data={demo_data}", f"out={out}",
-                  "steps=2", "p=4", "k=2", "eval_every=100", *TINY, timeout=240)
+                  "steps=2", "identities_per_batch=4", "images_per_identity=2", "eval_every=100", *TINY, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "finished" in proc.stdout and json.loads((out / "run.json").read_text())["world_size"] == 2
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000002"

@@ -226,7 +226,7 @@ def test_accelerate_launch_with_the_shipped_yaml(demo_data: Path, tmp_path: Path
     cmd = [str(launcher if launcher.exists() else shutil.which("accelerate")), "launch", "--main_process_port",
            str(free_port()), "--config_file", str(REPO / "configs/accelerate/two-process.yaml"),
            "-m", "kssgan_hpc.cli.main", "train", "siamese", f"data={demo_data}", f"out={out}", "steps=2",
-           "p=4", "k=2", "eval_every=100", "model.resolution=32", "model.siamese_width=8", "model.max_width=32",
+           "identities_per_batch=4", "images_per_identity=2", "eval_every=100", "model.resolution=32", "model.siamese_width=8", "model.max_width=32",
            "workers=0"]
     proc = subprocess.run(cmd, env=torchrun_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
