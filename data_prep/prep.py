@@ -17,6 +17,7 @@ import json
 import logging
 import multiprocessing
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,11 +40,12 @@ from kssgan_hpc.data.shards import (
     ShardWriter,
     atomic_write_json,
     atomic_write_text,
+    check_shard,
     sha256_file,
     shard_name,
-    temp_shard_path,
+    stale_temp_files,
 )
-from kssgan_hpc.errors import InputError
+from kssgan_hpc.errors import InputError, RunFailure
 from kssgan_hpc.folders import claim_folder
 
 log = logging.getLogger(__name__)
@@ -270,6 +272,18 @@ def _align_source(source: int) -> tuple[Any, list[str], str | None]:
         return None, [], f"unreadable: {err.strerror or err}"
 
 
+def _test_hold_point(state: Path) -> None:
+    """Test hook: with KSSGAN_TEST_PREP_GATE=<dir>, a worker about to finish a shard (once
+    KSSGAN_TEST_PREP_HOLD_AFTER shards are complete, default 0) touches <dir>/held-<pid> and waits for
+    <dir>/go, so a test can kill prep mid-shard on a machine of any speed."""
+    gate = os.environ.get("KSSGAN_TEST_PREP_GATE")
+    if not gate or len(list(state.glob("*.h5.json"))) < int(os.environ.get("KSSGAN_TEST_PREP_HOLD_AFTER", "0")):
+        return
+    Path(gate, f"held-{os.getpid()}").touch()
+    while not Path(gate, "go").exists():
+        time.sleep(0.05)
+
+
 def _pack_shard(shard: ShardPlan) -> dict[str, Any]:
     """Align every input of one shard and write it (temp file, rename), then its sidecar."""
     ctx = _context
@@ -303,8 +317,14 @@ def _pack_shard(shard: ShardPlan) -> dict[str, Any]:
                 source_sha256=plan.sha256[source].encode(),
                 source_index=source,
             )
+        _test_hold_point(ctx.state)
         info = writer.close()
     sidecar = {**dataclasses.asdict(info), "index": shard.index, "skipped": skipped, "converted": converted}
+    # Recorded only after the shard on disk reads back whole, with the planned count.
+    problem = check_shard(ctx.out, sidecar, {"resolution": cfg.resolution, "channels": cfg.channels}, full=True)
+    if problem is not None or info.images != len(shard.sources) - len(skipped):
+        raise PrepError(f"{problem or ctx.out / shard.name}: the shard did not read back as written "
+                        f"({info.images} of {len(shard.sources) - len(skipped)} images); rerun prep")
     atomic_write_json(ctx.state / f"{shard.name}.json", sidecar)
     return sidecar
 
@@ -333,19 +353,26 @@ def _map(fn: Callable, items: list, workers: int, *, chunksize: int = 1, ordered
                 return
 
 
-def _shard_complete(out: Path, state: Path, shard: ShardPlan) -> bool:
+def _shard_complete(cfg: PrepConfig, out: Path, state: Path, shard: ShardPlan) -> bool:
+    """A record is trusted only while its shard passes the full check against it (size, structure,
+    count, sha256): a record of a broken shard, however it came about, means pack it again."""
     sidecar = state / f"{shard.name}.json"
-    path = out / shard.name
-    if not (sidecar.is_file() and path.is_file()):
+    if not sidecar.is_file():
         return False
-    return json.loads(sidecar.read_text())["sha256"] == sha256_file(path)
+    try:
+        record = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return False
+    problem = check_shard(out, record, {"resolution": cfg.resolution, "channels": cfg.channels}, full=True)
+    if problem is not None:
+        log.warning("%s: recorded as complete but %s; packing it again", shard.name, problem.split(": ", 1)[-1])
+    return problem is None
 
 
 def _remove_temp_files(out: Path, state: Path, shard: ShardPlan) -> None:
-    for stale in [temp_shard_path(out / shard.name), *state.glob(f".{shard.name}.json.tmp-*")]:
-        if stale.exists():
-            log.info("removing half-written %s", stale)
-            stale.unlink()
+    for stale in [*stale_temp_files(out / shard.name), *stale_temp_files(state / f"{shard.name}.json")]:
+        log.info("removing half-written %s", stale)
+        stale.unlink(missing_ok=True)
 
 
 def _pack(cfg: PrepConfig, listing: SourceListing, plan: PrepPlan, shards: list[ShardPlan],
@@ -441,12 +468,12 @@ def run_prep(cfg: PrepConfig, *, part: int | None = None, parts: int = 1, merge:
     pending = []
     for shard in mine:
         _remove_temp_files(out, state, shard)
-        if _shard_complete(out, state, shard):
+        if _shard_complete(cfg, out, state, shard):
             result.shards_reused += 1
         else:
             pending.append(shard)
     if merge and pending:
-        raise PrepError(
+        raise RunFailure(
             f"{out}: cannot merge, {len(pending)} shard(s) not complete: "
             f"{', '.join(s.name for s in pending[:5])}; rerun the parts that own them"
         )

@@ -14,12 +14,19 @@ import time
 from pathlib import Path
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pipeline", help="run every stage of a scenario file, end to end", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="scenario YAML with prep, siamese, cluster, gan, anonymize "
                    "and evaluate sections")
-    p.add_argument("--ranks", type=int, default=2, help="processes per training stage (torchrun)")
+    p.add_argument("--ranks", type=positive_int, default=2, help="processes per training stage (torchrun)")
     p.add_argument("--skip", nargs="*", default=[], choices=["prep", "siamese", "cluster", "gan", "anonymize",
                                                              "evaluate"], help="stages to leave out")
     p.set_defaults(run=run)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -75,11 +76,44 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def temp_path(path: str | Path) -> Path:
+    """A temp name beside `path`, unique to this writer: `.{name}.tmp-{host}-{pid}-{random}`. Two writers of
+    one file (array tasks on two nodes, an orphaned worker and a rerun) never share a temp file."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def stale_temp_files(path: str | Path) -> list[Path]:
+    """Temp files of `path` whose writer is gone: written on this host by a process that no longer runs
+    (those of live writers, or of other hosts, are left alone)."""
+    path = Path(path)
+    host = socket.gethostname()
+    stale = []
+    for tmp in path.parent.glob(f".{path.name}.tmp*"):
+        parts = tmp.name.rsplit(".tmp", 1)[1].lstrip("-").rsplit("-", 2)
+        if len(parts) != 3:
+            stale.append(tmp)  # an older writer's name: no owner to ask
+            continue
+        tmp_host, pid, _ = parts
+        if tmp_host == host and pid.isdigit() and not _alive(int(pid)):
+            stale.append(tmp)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write via a temp file in the same folder, fsync, rename: readers see old or new, never half."""
     path = Path(path)
-    # Host and pid in the temp name: array tasks on different nodes may write the same file.
-    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    tmp = temp_path(path)
     with open(tmp, "w") as fh:
         fh.write(text)
         fh.flush()
@@ -89,11 +123,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
-
-
-def temp_shard_path(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(f".{path.name}.tmp")
 
 
 @dataclass
@@ -128,8 +157,7 @@ class ShardWriter:
             raise ValueError(f"split {split!r} is not one of {SPLITS}")
         self.path = Path(path)
         self.split = split
-        self.tmp = temp_shard_path(self.path)
-        self.tmp.unlink(missing_ok=True)
+        self.tmp = temp_path(self.path)
         self.shape = (resolution, resolution, channels)
         self.num_attributes = num_attributes
         self.fields = RELEASE_FIELDS if release else LABEL_FIELDS

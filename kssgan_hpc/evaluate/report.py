@@ -40,7 +40,7 @@ from kssgan_hpc.evaluate.measures import landmark_drift, psnr, ssim
 from kssgan_hpc.evaluate.recognizers import SFaceRecognizer, YuNet, upscale
 from kssgan_hpc.folders import claim_folder
 from kssgan_hpc.ksame.build import identity_statistics, ksame
-from kssgan_hpc.release.checks import check_release_clusters, scan_release
+from kssgan_hpc.release.checks import SourceSecrets, check_release_clusters, scan_release
 from kssgan_hpc.release.deidentify import deidentify
 from kssgan_hpc.release.gate import Population, attack_population, population_of, read_images
 
@@ -203,15 +203,16 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     release: dict[str, Any] | None = None
     if cfg.release:
         private, shipped = Path(cfg.release) / "private", Path(cfg.release) / "release"
-        sources = [json.loads(line) for line in (Path(cfg.data) / "sources.jsonl").read_text().splitlines()]
-        names = [s.get("path", "") for s in sources] + [s.get("sha256", "") for s in sources]
+        prepped_input = private / "input"  # a release of `input=` faces: their own sources
+        secrets = SourceSecrets.of_datasets(cfg.data, *([prepped_input] if (prepped_input / "manifest.json").is_file()
+                                                        else []))
         gate = json.loads((private / "gate.json").read_text()) if (private / "gate.json").is_file() else None
         promised = json.loads((shipped / "manifest.json").read_text())["k"]
         # Against the k the release promises, not the records' own claim (a record edited to k: 1).
         release = {"path": str(shipped), "clusters": check_release_clusters(private, k=promised), "k": promised,
                    "shipped": None if gate is None else gate["shipped"],
                    "gate_reasons": None if gate is None else gate["generator"].get("reasons"),
-                   "forbidden_fields": scan_release(shipped, names)}
+                   "forbidden_fields": scan_release(shipped, secrets)}
 
     sheets, withheld = _sheets(cfg, out, populations["heldout"], outputs["heldout"])
     report = {"created_by": f"kssgan-hpc {__version__}", "date": time.strftime("%Y-%m-%d"),

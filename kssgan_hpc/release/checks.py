@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
+import numpy as np
 from PIL import Image
 
-from kssgan_hpc.data.shards import TRACEABLE_FIELDS
+from kssgan_hpc.data.shards import SOURCES_NAME, TRACEABLE_FIELDS, load_manifest
 from kssgan_hpc.ksame.clusters import check_cluster_members, check_k
 
 MANIFEST_KEYS = {"format_version", "kind", "created_by", "resolution", "channels", "k", "method",
@@ -40,12 +44,71 @@ def check_release_clusters(private: str | Path, k: int | None = None) -> dict:
     return {"clusters": len(sizes), "min_size": min(sizes), "max_size": max(sizes), "records": len(records)}
 
 
-def scan_release(release: str | Path, source_names: list[str] = ()) -> list[str]:
+@dataclass
+class SourceSecrets:
+    """What must never appear in a release: every source's path, identity name and digest (hex and raw
+    bytes), and the landmark and quad arrays that locate each face in its source."""
+
+    names: list[str] = field(default_factory=list)
+    blobs: list[bytes] = field(default_factory=list)
+
+    @classmethod
+    def of_datasets(cls, *folders: str | Path) -> SourceSecrets:
+        """From prepped datasets' sources.jsonl and shards (the data a release was made from)."""
+        names: set[str] = set()
+        blobs: set[bytes] = set()
+        for data in map(Path, folders):
+            sources = [json.loads(line) for line in (data / SOURCES_NAME).read_text().splitlines() if line.strip()]
+            names |= {s["path"] for s in sources} | {s["identity"] for s in sources}
+            names |= {s["sha256"] for s in sources if s.get("sha256")}
+            blobs |= {bytes.fromhex(s["sha256"]) for s in sources if s.get("sha256")}
+            for shard in load_manifest(data)["shards"]:
+                with h5py.File(data / shard["name"], "r") as f:
+                    for field_name in ("landmarks", "quad"):
+                        if field_name in f:
+                            arrays = np.asarray(f[field_name][:], np.float32)
+                            blobs |= {a.tobytes() for a in arrays if np.isfinite(a).all()}
+        return cls(names=sorted(n for n in names if n), blobs=sorted(blobs))
+
+
+def _name_pattern(names: list[str]) -> re.Pattern | None:
+    """Any of `names` as a whole token (`s12` matches in "s12/3.pgm" and "id s12", not in "s120").
+    Names that are only digits are left out: a number alone names nobody outside its dataset, and the
+    release's own cluster ids and counts are numbers."""
+    names = [n for n in names if not n.isdigit()]
+    if not names:
+        return None
+    body = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return re.compile(f"(?<![A-Za-z0-9])(?:{body})(?![A-Za-z0-9])")
+
+
+def _find_blobs(buffer: bytes, blobs: list[bytes], prefixes: np.ndarray) -> bytes | None:
+    """The first of `blobs` (each >= 8 bytes) found anywhere in `buffer`: every 8-byte window, at every
+    offset, is looked up among the blobs' first 8 bytes (numpy), then a hit is confirmed in full."""
+    if len(buffer) < 8 or not len(prefixes):
+        return None
+    for shift in range(8):
+        count = (len(buffer) - shift) // 8
+        windows = np.frombuffer(buffer, dtype="<u8", count=count, offset=shift)
+        for hit in np.flatnonzero(np.isin(windows, prefixes)):
+            at = shift + 8 * int(hit)
+            for blob in blobs:
+                if buffer.startswith(blob, at):
+                    return blob
+    return None
+
+
+def scan_release(release: str | Path, secrets: SourceSecrets | None = None) -> list[str]:
     """Every way the release points back to a source: traceable shard fields, manifest keys beyond
-    the release's own, PNG metadata, stray files, source names in any text. Empty when clean."""
+    the release's own, PNG metadata, stray files; and any source path, identity name or digest in any
+    text (file names, the manifest, every HDF5 attribute and string at every level), and any digest
+    or landmark/quad array in the bytes of any dataset. Empty when clean."""
     release = Path(release)
+    secrets = secrets or SourceSecrets()
+    pattern = _name_pattern(secrets.names)
+    blobs = [b for b in secrets.blobs if len(b) >= 8]
+    prefixes = np.array(sorted({int.from_bytes(b[:8], "little") for b in blobs}), np.uint64)
     problems: list[str] = []
-    names = [n for n in source_names if len(n) >= 4]
     texts: list[tuple[str, str]] = []
     manifest = release / "manifest.json"
     if not manifest.is_file():
@@ -55,28 +118,71 @@ def scan_release(release: str | Path, source_names: list[str] = ()) -> list[str]
     if extra:
         problems.append(f"{manifest}: keys that do not belong in a release: {extra}")
     texts.append((str(manifest), manifest.read_text()))
+
+    def scan_h5(path: Path) -> None:
+        with h5py.File(path, "r") as f:
+            leaked = sorted(set(f.keys()) & set(TRACEABLE_FIELDS))
+            if leaked:
+                problems.append(f"{path}: traceable fields {leaked}")
+            unknown = sorted(set(f.keys()) - SHARD_DATASETS - set(TRACEABLE_FIELDS))
+            if unknown:
+                problems.append(f"{path}: unexpected datasets {unknown}")
+            objects: list[tuple[str, Any]] = [("/", f)]
+            f.visititems(lambda name, obj: objects.append((name, obj)))
+            for name, obj in objects:
+                where = f"{path}:{name}"
+                texts.append((where, f"{name} " + " ".join(f"{k}={_text(v)}" for k, v in obj.attrs.items())))
+                for value in obj.attrs.values():
+                    if isinstance(value, (bytes, np.ndarray)) and _find_blobs(_raw(value), blobs, prefixes):
+                        problems.append(f"{where}: an attribute holds a source digest or landmarks")
+                if isinstance(obj, h5py.Dataset):
+                    found = None
+                    for values in _blocks(obj):
+                        if obj.dtype.kind in "SOU":
+                            texts.append((where, _text(values)))
+                        found = found or _find_blobs(_raw(values), blobs, prefixes)
+                    if found is not None:
+                        problems.append(f"{where}: holds a source's {'digest' if len(found) == 32 else 'landmarks'}"
+                                        " in its bytes")
+
     for path in sorted(release.rglob("*")):
+        texts.append((str(path), str(path.relative_to(release))))
         if path.is_dir():
             continue
         rel = path.relative_to(release)
         if path.suffix == ".h5":
-            with h5py.File(path, "r") as f:
-                leaked = sorted(set(f.keys()) & set(TRACEABLE_FIELDS))
-                if leaked:
-                    problems.append(f"{path}: traceable fields {leaked}")
-                unknown = sorted(set(f.keys()) - SHARD_DATASETS - set(TRACEABLE_FIELDS))
-                if unknown:
-                    problems.append(f"{path}: unexpected datasets {unknown}")
-                texts.append((str(path), " ".join(f"{k}={v}" for k, v in f.attrs.items())))
+            scan_h5(path)
         elif path.suffix == ".png":
             with Image.open(path) as image:
                 if image.info or image.getexif():
                     problems.append(f"{path}: carries metadata {sorted(image.info)}")
         elif path.name != "manifest.json":
             problems.append(f"{rel}: a file that does not belong in a release")
-    for where, text in texts:
-        for name in names:
-            if name in text:
-                problems.append(f"{where}: names a source ({name!r})")
-                break
+    if pattern is not None:
+        for where, text in texts:
+            match = pattern.search(text)
+            if match:
+                problems.append(f"{where}: names a source ({match.group(0)!r})")
     return problems
+
+
+def _blocks(dataset: h5py.Dataset, size: int = 64 << 20) -> Any:
+    """A dataset's values in blocks of whole rows of about `size` bytes (a 1024 px shard is ~800 MB)."""
+    if dataset.shape == () or dataset.nbytes <= size:
+        yield dataset[()]
+        return
+    rows = max(1, size // max(1, dataset.nbytes // dataset.shape[0]))
+    for start in range(0, dataset.shape[0], rows):
+        yield dataset[start:start + rows]
+
+
+def _raw(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else np.ascontiguousarray(value).tobytes()
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.dtype.kind in "SO":
+        return " ".join(_text(v) for v in value.ravel().tolist())
+    return str(value)

@@ -85,8 +85,9 @@ def train_siamese(cfg: SiameseConfig) -> Path:
         model = SiameseEncoder(cfg.model)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         engine.prepare("siamese", model, optimizer)
-        sampler = IdentityBalancedBatchSampler(train.labels["identity"], cfg.identities_per_batch, cfg.images_per_identity,
-                                               num_replicas=engine.world_size, rank=engine.rank, seed=cfg.engine.seed)
+        sampler = IdentityBalancedBatchSampler(train.labels["identity"], cfg.identities_per_batch,
+                                               cfg.images_per_identity, num_replicas=engine.world_size,
+                                               rank=engine.rank, seed=cfg.engine.seed)
         seed_everything(cfg.engine.seed + 1000 * (engine.rank + 1))
         run.start()  # every input is loaded and checked: now the run folder is written
         step, consumed = 0, 0

@@ -120,7 +120,7 @@ def test_nothing_usable_is_an_error(tmp_path: Path) -> None:
         run_prep(prep_config("folder", tmp_path / "out", tmp_path / "faces"), progress=False)
     proc = kssgan("prep", "--source", "folder", "--input", str(tmp_path / "faces"), "--out", str(tmp_path / "o2"),
                   "--no-progress")
-    assert proc.returncode == 1 and "no usable image" in proc.stderr
+    assert proc.returncode == 2 and "no usable image" in proc.stderr
 
 
 def test_unwritable_output_is_an_error(orl_folder: Path, tmp_path: Path) -> None:

@@ -12,11 +12,11 @@ from PIL import Image
 
 from kssgan_hpc.data.dataset import FaceShards
 from kssgan_hpc.data.shards import TRACEABLE_FIELDS
-from kssgan_hpc.release.checks import check_release_clusters, scan_release
+from kssgan_hpc.release.checks import SourceSecrets, check_release_clusters, scan_release
 
 
-def source_names(data: Path) -> list[str]:
-    return [s["path"] for s in sources(data)] + [s["sha256"] for s in sources(data)]
+def source_names(data: Path) -> SourceSecrets:
+    return SourceSecrets.of_datasets(data)
 
 
 @pytest.fixture(scope="module")
