@@ -77,7 +77,7 @@ def load_clusters(path: str | Path) -> dict[str, Any]:
     except (KeyError, TypeError) as err:
         raise InputError(f"{path}: not a clusters file: lacks {err}") from None
     try:
-        check_cluster_members(members, k)
+        check_cluster_members(members, k, data.get("duplicates", {}).get("merged", []))
     except ValueError as err:
         raise InputError(f"{path}: breaks k-anonymity: {err}") from None
     return data

@@ -7,6 +7,7 @@ from typing import Literal
 
 from kssgan_hpc.config.core import ConfigError
 from kssgan_hpc.config.gate import ATTACKERS, GateConfig
+from kssgan_hpc.config.train import DuplicateConfig
 
 RECOGNIZERS = ("siamese", "dlib", "sface")
 """The face recognizers among the attackers (kssgan_hpc/evaluate/recognizers.py)."""
@@ -37,6 +38,7 @@ class AnonymizeConfig:
     k: int = 4
     """Anonymity of the release: every released identity stands for at least k source people."""
     method: Literal["mdav", "kmeans"] = "mdav"
+    duplicates: DuplicateConfig = field(default_factory=DuplicateConfig)
     seed: int = 0
     """Seed of the clustering (the release's image order and noise come from a secret seed drawn per
     release, kept in out/private/settings.json)."""

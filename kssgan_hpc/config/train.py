@@ -145,6 +145,25 @@ class SiameseConfig(LoopConfig):
 
 
 @dataclass(kw_only=True)
+class DuplicateConfig:
+    """Identities that are one person (the same photos under two names; ksame/duplicates.py)."""
+
+    merge: bool = True
+    """Merge identities found to be one person (off: report only)."""
+    siamese_min: float = 0.9
+    """Cosine of the two identities' mean Siamese embeddings at least this."""
+    pixel_min: float = 0.995
+    """An image's near-copy: thumbnail correlation at least this."""
+    share_min: float = 0.5
+    """Fraction of the smaller identity's images that must have a near-copy in the other."""
+
+    def __post_init__(self) -> None:
+        for name in ("siamese_min", "pixel_min", "share_min"):
+            if not -1.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"duplicates.{name}={getattr(self, name)} is invalid; use a value in [-1, 1]")
+
+
+@dataclass(kw_only=True)
 class ClusterConfig:
     data: str = "runs/demo/data"
     """Prepped dataset folder."""
@@ -162,6 +181,7 @@ class ClusterConfig:
     """mdav: greedy nearest groups (k-Same-Select style); kmeans: equal-size k-means."""
     seed: int = 0
     batch_size: int = 64
+    duplicates: DuplicateConfig = field(default_factory=DuplicateConfig)
 
     def __post_init__(self) -> None:
         if self.k < 2:

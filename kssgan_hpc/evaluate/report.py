@@ -130,7 +130,8 @@ def _methods(pop: Population, cfg: EvaluateConfig, generator: torch.nn.Module, s
             methods[f"{name}@{k}"].update(k=k, clusters=clusters)
         sizes = [len(g) for g in population.groups]
         anonymity[str(k)] = {"clusters": len(sizes), "min_identities_per_cluster": min(sizes),
-                             "max_identities_per_cluster": max(sizes), "every_cluster_at_least_k": min(sizes) >= k}
+                             "max_identities_per_cluster": max(sizes), "every_cluster_at_least_k": min(sizes) >= k,
+                             "merged_identities": population.duplicates.merged}
     return methods, anonymity
 
 

@@ -10,6 +10,7 @@ surrogate embeddings, and the base faces the generator and the k-Same methods st
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -21,13 +22,14 @@ import torch
 from safetensors.torch import save_file
 
 from kssgan_hpc.artefacts import cluster_faces_path, load_cluster_faces, load_clusters, load_siamese
-from kssgan_hpc.config.train import ClusterConfig
+from kssgan_hpc.config.train import ClusterConfig, DuplicateConfig
 from kssgan_hpc.data.dataset import FaceShards, collate_faces
 from kssgan_hpc.data.shards import atomic_write_json, verify_dataset
 from kssgan_hpc.errors import InputError
 from kssgan_hpc.folders import claim_file
 from kssgan_hpc.ksame.aligned import mean_frame, render, to_frame
 from kssgan_hpc.ksame.clusters import average_faces, cluster_identities, surrogate_targets
+from kssgan_hpc.ksame.duplicates import Duplicates, find_duplicates, thumbnails
 from kssgan_hpc.train.run import to_unit
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,10 @@ class IdentityStatistics:
     """[5, 2] the population's mean landmark frame."""
     landmarks: np.ndarray | None = None
     """[n, 5, 2] mean landmarks of each person (NaN where none are known)."""
+    thumbnails: np.ndarray | None = None
+    """[images, 256] every image's grey thumbnail (ksame/duplicates.py), in dataset order."""
+    thumbnail_ids: np.ndarray | None = None
+    """[images] the identity of each thumbnail."""
 
 
 def identity_landmarks(data: FaceShards, ids: np.ndarray) -> np.ndarray:
@@ -76,6 +82,7 @@ def identity_statistics(model: torch.nn.Module, data: FaceShards, batch_size: in
     shape = (len(ids), data.channels, data.resolution, data.resolution)
     face_sum, aligned_sum = (np.zeros(shape), np.zeros(shape)) if faces else (None, None)
     counts = np.zeros(len(ids))
+    thumbs: list[np.ndarray] = []
     for start in range(0, len(data), batch_size):
         images, labels = collate_faces(data.__getitems__(list(range(start, min(start + batch_size, len(data))))))
         emb = model(to_unit(images).to(device)).float().cpu().numpy()
@@ -88,11 +95,14 @@ def identity_statistics(model: torch.nn.Module, data: FaceShards, batch_size: in
             moved = to_frame(images.float(), labels["landmarks"].numpy(), frame)
             np.add.at(aligned_sum, rows, moved.numpy().astype(np.float64))
         np.add.at(counts, rows, 1)
+        thumbs.append(thumbnails(images))
     emb_mean = emb_sum / counts[:, None]
     emb_mean /= np.maximum(np.linalg.norm(emb_mean, axis=1, keepdims=True), 1e-12)
     per = counts[:, None, None, None]
     return IdentityStatistics(ids, emb_mean, face_sum / per if faces else None,
-                              aligned_sum / per if faces else None, frame, identity_landmarks(data, ids))
+                              aligned_sum / per if faces else None, frame, identity_landmarks(data, ids),
+                              np.concatenate(thumbs) if thumbs else np.zeros((0, 256), np.float32),
+                              np.asarray(data.labels["identity"]))
 
 
 @dataclass
@@ -113,6 +123,8 @@ class KSame:
     identity_landmarks: np.ndarray | None = None
     """[n, 5, 2] each person's mean landmarks (identity_landmarks); private, used to take identity
     geometry out of the landmark cue."""
+    duplicates: Duplicates | None = None
+    """Identities found to be one person, and merged (each cluster then counts people)."""
 
     def __post_init__(self) -> None:
         self._cluster = {int(self.ids[i]): c for c, group in enumerate(self.groups) for i in group}
@@ -161,20 +173,34 @@ class KSame:
         return [int(self.ids[i]) for i in self.groups[cluster]]
 
 
-def ksame(stats: IdentityStatistics, k: int, *, method: str = "mdav", seed: int = 0) -> KSame:
-    """k-Same over a population from identity_statistics' output (one pass serves several k)."""
+def ksame(stats: IdentityStatistics, k: int, *, method: str = "mdav", seed: int = 0,
+          duplicates: DuplicateConfig | None = None) -> KSame:
+    """k-Same over a population from identity_statistics' output (one pass serves several k). Identities
+    found to be one person (ksame/duplicates.py) are clustered as one: every cluster holds >= k people."""
     bad = stats.ids[~np.isfinite(stats.embeddings).all(axis=1)]
     if len(bad):
         raise ValueError(f"non-finite Siamese embeddings for identities {bad[:10].tolist()}: is the Siamese "
                          "checkpoint diverged? k-Same cannot place them")
-    groups = cluster_identities(stats.embeddings, k, method=method, seed=seed)
+    found = (find_duplicates(stats.ids, stats.embeddings, stats.thumbnails, stats.thumbnail_ids,
+                             duplicates or DuplicateConfig())
+             if stats.thumbnails is not None else Duplicates(people=[[int(i)] for i in stats.ids]))
+    row = {int(i): n for n, i in enumerate(stats.ids)}
+    people = [[row[i] for i in person] for person in found.people]
+
+    def per_person(values: np.ndarray | None) -> np.ndarray | None:  # each person weighs the same
+        return None if values is None else np.stack([np.asarray(values, np.float64)[p].mean(0) for p in people])
+
+    embeddings = per_person(stats.embeddings)
+    embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    person_groups = cluster_identities(embeddings, k, method=method, seed=seed)
+    groups = [sorted(r for p in group for r in people[p]) for group in person_groups]
 
     def faces(means: np.ndarray | None) -> np.ndarray | None:
-        return None if means is None else average_faces(means, groups).round().clip(0, 255).astype(np.uint8)
+        return None if means is None else average_faces(means, person_groups).round().clip(0, 255).astype(np.uint8)
 
-    return KSame(k=k, ids=stats.ids, groups=groups, surrogates=surrogate_targets(stats.embeddings, groups),
-                 pixel=faces(stats.faces), aligned=faces(stats.aligned), frame=stats.frame,
-                 identity_landmarks=stats.landmarks)
+    return KSame(k=k, ids=stats.ids, groups=groups, surrogates=surrogate_targets(embeddings, person_groups),
+                 pixel=faces(per_person(stats.faces)), aligned=faces(per_person(stats.aligned)), frame=stats.frame,
+                 identity_landmarks=stats.landmarks, duplicates=found)
 
 
 def ksame_from_file(path: str | Path, data: FaceShards) -> KSame:
@@ -184,7 +210,10 @@ def ksame_from_file(path: str | Path, data: FaceShards) -> KSame:
     faces = load_cluster_faces(path)
     ids = np.array(sorted(i for c in record["clusters"] for i in c["identities"]))
     row = {int(i): n for n, i in enumerate(ids)}
+    merged = record.get("duplicates", {}).get("merged", [])
+    people = merged + [[int(i)] for i in ids if not any(int(i) in m for m in merged)]
     return KSame(k=int(record["k"]), ids=ids, groups=[[row[i] for i in c["identities"]] for c in record["clusters"]],
+                 duplicates=Duplicates(pairs=record.get("duplicates", {}).get("pairs", []), people=people),
                  surrogates=np.array([c["surrogate"] for c in record["clusters"]], np.float32),
                  pixel=faces["pixel"].numpy(), aligned=faces["aligned"].numpy(), frame=faces["frame"].numpy(),
                  identity_landmarks=identity_landmarks(data, ids))
@@ -200,7 +229,8 @@ def build_clusters(cfg: ClusterConfig) -> dict[str, Any]:
     if (data.resolution, data.channels) != (siamese_cfg.model.resolution, siamese_cfg.model.channels):
         raise InputError(f"{cfg.data} is {data.resolution}px x{data.channels}, the Siamese in {cfg.siamese} "
                          f"expects {siamese_cfg.model.resolution}px x{siamese_cfg.model.channels}")
-    population = ksame(identity_statistics(model, data, cfg.batch_size), cfg.k, method=cfg.method, seed=cfg.seed)
+    population = ksame(identity_statistics(model, data, cfg.batch_size), cfg.k, method=cfg.method, seed=cfg.seed,
+                       duplicates=cfg.duplicates)
     faces_path = cluster_faces_path(out)
     tmp = faces_path.with_name(f".{faces_path.name}.tmp-{os.getpid()}")
     save_file({"pixel": torch.from_numpy(population.pixel), "aligned": torch.from_numpy(population.aligned),
@@ -215,6 +245,8 @@ def build_clusters(cfg: ClusterConfig) -> dict[str, Any]:
         "identities": len(population.ids),
         "dataset_shards": [s["sha256"] for s in manifest["shards"] if s["split"] == cfg.split],
         "cluster_faces": faces_path.name,
+        "duplicates": {**dataclasses.asdict(cfg.duplicates), "pairs": population.duplicates.pairs,
+                       "merged": population.duplicates.merged},
         "clusters": [{"cluster": c, "identities": population.ids_of(c), "surrogate": population.surrogates[c].tolist()}
                      for c in range(len(population.groups))],
     }

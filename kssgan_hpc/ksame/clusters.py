@@ -56,14 +56,21 @@ def check_clusters(clusters: list[list[int]], n: int, k: int) -> None:
         raise ValueError(f"{len(small)} cluster(s) smaller than k={k} (sizes {small})")
 
 
-def check_cluster_members(members: list[list[int]], k: int) -> None:
-    """check_clusters for clusters written as identity ids (clusters.json, release records)."""
+def check_cluster_members(members: list[list[int]], k: int, merged: list[list[int]] = ()) -> None:
+    """check_clusters for clusters written as identity ids (clusters.json, release records). `merged`:
+    groups of identity ids that are one person (ksame/duplicates.py): a cluster counts people."""
     k = check_k(k)
     ids = sorted(i for group in members for i in group)
     if len(ids) != len(set(ids)):
         raise ValueError("an identity appears in two clusters")
     position = {identity: n for n, identity in enumerate(ids)}
     check_clusters([[position[i] for i in group] for group in members], len(ids), k)
+    person = {i: min(group) for group in merged for i in group}
+    short = [len({person.get(i, i) for i in group}) for group in members]
+    short = [n for n in short if n < k]
+    if short:
+        raise ValueError(f"{len(short)} cluster(s) of fewer than k={k} people once identities that are one "
+                         f"person are counted once (people {short})")
 
 
 def _mdav(x: np.ndarray, k: int) -> list[list[int]]:

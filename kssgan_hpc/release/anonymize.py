@@ -24,6 +24,7 @@ multi-process under torchrun: rank r writes shards r, r + world, ...; rank 0 wri
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import secrets
@@ -132,10 +133,11 @@ def anonymize(cfg: AnonymizeConfig, progress: bool = True) -> Path:
                 raise InputError(f"{data_dir}: {data.resolution}px x{data.channels}, the generator in {cfg.gan} "
                                  f"makes {gan_cfg.model.resolution}px x{gan_cfg.model.channels}")
             population = ksame(identity_statistics(siamese, data, cfg.batch_size, device), cfg.k, method=cfg.method,
-                               seed=cfg.seed)
+                               seed=cfg.seed, duplicates=cfg.duplicates)
             if env.rank == 0:
                 atomic_write_json(private / f"clusters-{split}.json", {
                     "k": cfg.k, "method": cfg.method, "seed": cfg.seed, "split": split, "cluster_offset": offset,
+                    "merged": population.duplicates.merged, "duplicate_pairs": population.duplicates.pairs,
                     "clusters": [{"cluster": offset + c, "identities": population.ids_of(c)}
                                  for c in range(len(population.groups))]})
             secret = settings["secret_seed"] + split_number  # one stream per split
@@ -193,6 +195,7 @@ def _check_settings(cfg: AnonymizeConfig, path: Path, source: dict[str, Any], we
     one draws its secret seed here. Returns the settings, secret included (rank 0 writes them)."""
     settings = {"k": cfg.k, "method": cfg.method, "seed": cfg.seed, "images_per_shard": cfg.images_per_shard,
                 "splits": cfg.splits, "png": cfg.png, "gate_split": cfg.gate_split,
+                "duplicates": dataclasses.asdict(cfg.duplicates),
                 "generator": {"file": str(weights), "sha256": sha256_file(weights)},
                 "data_shards": sorted(s["sha256"] for s in source["shards"])}
     if path.is_file():

@@ -37,7 +37,7 @@ def check_release_clusters(private: str | Path, k: int | None = None) -> dict:
             raise ValueError(f"{path}: {err}") from None
         members = [c["identities"] for c in record["clusters"]]
         try:
-            check_cluster_members(members, need)
+            check_cluster_members(members, need, record.get("merged", []))
         except ValueError as err:
             raise ValueError(f"{path}: breaks {need}-anonymity: {err}") from None
         sizes.extend(len(g) for g in members)
