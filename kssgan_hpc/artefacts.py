@@ -14,7 +14,7 @@ import torch
 
 from kssgan_hpc.config.train import GanConfig, SiameseConfig
 from kssgan_hpc.errors import InputError
-from kssgan_hpc.ksame.clusters import check_cluster_members
+from kssgan_hpc.ksame.clusters import check_cluster_members, check_k
 from kssgan_hpc.models import Generator, SiameseEncoder
 from kssgan_hpc.train.run import checkpoint_with_config
 from kssgan_hpc.weights import CheckpointError, load_weights_into, read_weights
@@ -63,21 +63,24 @@ def cluster_faces_path(clusters: str | Path) -> Path:
     return clusters.with_name(clusters.stem + "-faces.safetensors")
 
 
-def load_clusters(path: str | Path) -> dict[str, Any]:
-    """Read clusters.json and re-check the guarantee (a hand-edited file must not slip through)."""
+def load_clusters(path: str | Path, k: int | None = None) -> dict[str, Any]:
+    """Read clusters.json and re-check the guarantee (a hand-edited file must not slip through): against
+    `k`, the anonymity the user asked for, when given; a file that claims less is refused too."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no clusters file (run `kssgan cluster` first)")
     try:
         data = json.loads(path.read_text())
         members = [c["identities"] for c in data["clusters"]]
-        k = data["k"]
+        claimed = data["k"]
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: not valid JSON (truncated?): {err}") from None
     except (KeyError, TypeError) as err:
         raise InputError(f"{path}: not a clusters file: lacks {err}") from None
     try:
-        check_cluster_members(members, k, data.get("duplicates", {}).get("merged", []))
+        if k is not None and check_k(k) > check_k(claimed):
+            raise ValueError(f"the file is for k={claimed}, k={k} was asked for")
+        check_cluster_members(members, claimed if k is None else k, data.get("duplicates", {}).get("merged", []))
     except ValueError as err:
         raise InputError(f"{path}: breaks k-anonymity: {err}") from None
     return data

@@ -195,6 +195,9 @@ class GanConfig(LoopConfig):
     """Siamese run folder: its newest checkpoint is the frozen identity network."""
     clusters: str = "runs/demo/clusters.json"
     """k-Same clusters (kssgan cluster) of the training identities."""
+    k: int = 4
+    """The anonymity asked for: every cluster in `clusters` must hold at least k people (checked against
+    this, not against the file's own claim, so an edited file cannot lower it)."""
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     beta1: float = 0.0

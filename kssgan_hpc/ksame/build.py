@@ -203,10 +203,10 @@ def ksame(stats: IdentityStatistics, k: int, *, method: str = "mdav", seed: int 
                  identity_landmarks=stats.landmarks, duplicates=found)
 
 
-def ksame_from_file(path: str | Path, data: FaceShards) -> KSame:
-    """The training population's k-Same as `kssgan cluster` wrote it (re-checked on load); `data` is
-    the population's split (for its people's mean landmarks)."""
-    record = load_clusters(path)
+def ksame_from_file(path: str | Path, data: FaceShards, k: int | None = None) -> KSame:
+    """The training population's k-Same as `kssgan cluster` wrote it (re-checked on load against `k`, the
+    anonymity asked for); `data` is the population's split (for its people's mean landmarks)."""
+    record = load_clusters(path, k)
     faces = load_cluster_faces(path)
     ids = np.array(sorted(i for c in record["clusters"] for i in c["identities"]))
     row = {int(i): n for n, i in enumerate(ids)}

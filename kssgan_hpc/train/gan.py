@@ -50,7 +50,7 @@ def train_gan(cfg: GanConfig) -> Path:
     try:
         data = FaceShards(Path(cfg.data), "train")
         model_from_data(data, cfg.model, cfg.data)
-        population = ksame_from_file(cfg.clusters, data)  # the training people's clusters and base faces
+        population = ksame_from_file(cfg.clusters, data, cfg.k)  # the training people's clusters and base faces
         surrogates = torch.from_numpy(population.surrogates).to(engine.device)
         siamese, _ = load_siamese(cfg.siamese, engine.device)
         vocab = data.manifest["vocab"]

@@ -58,6 +58,8 @@ def test_release_is_k_anonymous_and_carries_nothing_traceable(release: Path, dem
 @pytest.mark.parametrize("plant, fragment", [
     ("shard", "traceable fields"), ("png", "carries metadata"), ("file", "does not belong in a release"),
     ("manifest", "keys that do not belong"), ("name", "names a source"),
+    ("short name", "names a source ('s12')"), ("raw digest", "holds a source digest or landmarks"),
+    ("pixels", "holds a source's digest in its bytes"), ("landmarks", "holds a source digest or landmarks"),
 ])
 def test_scan_finds_every_forbidden_thing(release: Path, demo_data: Path, tmp_path: Path, plant: str,
                                           fragment: str) -> None:
@@ -76,6 +78,21 @@ def test_scan_finds_every_forbidden_thing(release: Path, demo_data: Path, tmp_pa
         shutil.copy(demo_data / "sources.jsonl", shipped / "sources.jsonl")
     elif plant == "manifest":
         manifest["skipped"] = []
+    elif plant in ("short name", "raw digest", "pixels", "landmarks"):
+        digest = bytes.fromhex(sources(demo_data)[7]["sha256"])
+        with h5py.File(demo_data / "train-00000.h5", "r") as f:
+            landmarks = f["landmarks"][3]
+        with h5py.File(shipped / "train-00000.h5", "r+") as f:
+            if plant == "short name":
+                f["images"].attrs["note"] = "from s12"  # a dataset-level attribute, a 3-letter identity
+            elif plant == "raw digest":
+                f["identity"].attrs["tag"] = np.frombuffer(digest, np.uint8)
+            elif plant == "pixels":
+                image = f["images"][5]
+                image.reshape(-1)[100:132] = np.frombuffer(digest, np.uint8)
+                f["images"][5] = image
+            else:
+                f.attrs["geometry"] = landmarks
     else:
         manifest["created_by"] = sources(demo_data)[3]["path"]
     (shipped / "manifest.json").write_text(json.dumps(manifest))

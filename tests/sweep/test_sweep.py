@@ -100,3 +100,49 @@ def test_parametrization_is_seeded_and_typed() -> None:
     assert draws[0] == draws[1]
     value = draws[0][0]
     assert 1e-5 <= value["lr"] <= 1e-3 and isinstance(value["n"], int) and value["kind"] in ("a", "b")
+
+
+class _Planted:
+    """A pickle that runs code when loaded: it touches a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_unpickles_only_its_own_untampered_state(sweep_file, tmp_path: Path) -> None:
+    """sweep --resume refuses a pickle it did not record, or that others may write (issue 10, item 7)."""
+    import os
+    import pickle
+
+    path = sweep_file(budget=1, num_workers=1)
+    sweep = Sweep(load_config(SweepConfig, path))
+    sweep._open(resume=False)
+    sweep.save()  # the state as the driver leaves it: an optimizer pickle named in trials.jsonl
+    name = json.loads((tmp_path / "sweep" / "trials.jsonl").read_text().splitlines()[-1])["optimizer_state"]
+    state = tmp_path / "sweep" / "state" / name
+    assert state.stat().st_mode & 0o077 == 0
+    original = state.read_bytes()
+    marker = tmp_path / "code-ran"
+
+    def resume() -> str:
+        proc = kssgan("sweep", "--config", str(path), "--resume", timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        return proc.stderr
+
+    state.write_bytes(pickle.dumps(_Planted(marker)))
+    assert "sha256 differs from the one trials.jsonl recorded" in resume()
+    assert not marker.exists()
+    state.write_bytes(original)
+    state.chmod(0o664)
+    assert "writable by group or others" in resume()
+    state.chmod(0o600)
+    if os.getuid() == 0:  # only root can hand the file to another user
+        os.chown(state, 12345, -1)
+        assert "owned by uid 12345, not by you" in resume()
+        os.chown(state, 0, -1)
+    restored = Sweep(load_config(SweepConfig, path))
+    restored._open(resume=True)
+    assert restored.optimizer is not None and not marker.exists()
