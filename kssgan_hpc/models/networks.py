@@ -11,12 +11,20 @@ from kssgan_hpc.ksame.aligned import landmark_heatmaps
 from kssgan_hpc.models.blocks import AdaIN, DownBlock, UpBlock, widths
 
 
+def shape_of(cfg: ModelConfig) -> int:
+    """The resolution, once the model's shape has been taken from the data (train/run.model_from_data)."""
+    if cfg.resolution is None or cfg.channels is None:
+        raise ValueError("model.resolution and model.channels are unset: they come from the dataset "
+                         "(model_from_data) or must be given")
+    return cfg.resolution
+
+
 class SiameseEncoder(nn.Module):
     """Face [-1, 1] -> L2-normalised identity embedding (`embed_dim`)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        w = widths(cfg.resolution, cfg.siamese_width, cfg.max_width)
+        w = widths(shape_of(cfg), cfg.siamese_width, cfg.max_width)
         self.stem = nn.Conv2d(cfg.channels, w[0], 3, padding=1)
         self.blocks = nn.Sequential(*[DownBlock(w[i], w[i + 1], norm=True) for i in range(len(w) - 1)])
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(w[-1] * 16, cfg.embed_dim))
@@ -39,7 +47,7 @@ class Generator(nn.Module):
     def __init__(self, cfg: ModelConfig, num_expressions: int = 0, num_poses: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
-        w = widths(cfg.resolution, cfg.generator_width, cfg.max_width)
+        w = widths(shape_of(cfg), cfg.generator_width, cfg.max_width)
         self.stem = nn.Conv2d(cfg.channels + NUM_LANDMARKS, w[0], 3, padding=1)
         self.down = nn.ModuleList(DownBlock(w[i], w[i + 1], norm=True) for i in range(len(w) - 1))
         # Label index 0 = unknown (or the cue switched off); label l is row l + 1.
@@ -81,7 +89,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, cfg: ModelConfig, num_expressions: int = 0) -> None:
         super().__init__()
-        w = widths(cfg.resolution, cfg.discriminator_width, cfg.max_width)
+        w = widths(shape_of(cfg), cfg.discriminator_width, cfg.max_width)
         self.stem = nn.Conv2d(cfg.channels, w[0], 3, padding=1)
         self.blocks = nn.Sequential(*[DownBlock(w[i], w[i + 1]) for i in range(len(w) - 1)])
         self.features = nn.Sequential(nn.Flatten(), nn.Linear(w[-1] * 16, w[-1]), nn.LeakyReLU(0.2))

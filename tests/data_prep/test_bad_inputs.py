@@ -128,12 +128,12 @@ def test_unwritable_output_is_an_error(orl_folder: Path, tmp_path: Path) -> None
     blocker.write_text("x")
     proc = kssgan("prep", "--source", "folder", "--input", str(orl_folder), "--out", str(blocker / "out"),
                   "--no-progress")
-    assert proc.returncode == 1
-    assert "not writable" in proc.stderr and str(blocker / "out") in proc.stderr
+    assert proc.returncode == 2
+    assert "cannot create the output folder" in proc.stderr and str(blocker / "out") in proc.stderr
 
 
 def test_missing_input_is_an_error(tmp_path: Path) -> None:
     proc = kssgan("prep", "--source", "folder", "--out", str(tmp_path / "o"), "--no-progress")
-    assert proc.returncode == 1 and "needs an input folder" in proc.stderr
+    assert proc.returncode == 2 and "needs an input folder" in proc.stderr
     proc = kssgan("prep", "--source", "rafd", "--input", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
-    assert proc.returncode == 1 and "nowhere" in proc.stderr
+    assert proc.returncode == 2 and "nowhere" in proc.stderr

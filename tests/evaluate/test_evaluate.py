@@ -51,7 +51,8 @@ def test_report_fields(report: dict) -> None:
         assert population["methods"]["kssgan@4"]["k_bound"] == 0.25
         assert population["methods"]["original"]["ssim"] == pytest.approx(1.0)
     assert training["anonymity"]["4"] == {"clusters": 8, "min_identities_per_cluster": 4,
-                                          "max_identities_per_cluster": 4, "every_cluster_at_least_k": True}
+                                          "max_identities_per_cluster": 4, "every_cluster_at_least_k": True,
+                                          "merged_identities": []}
     assert report["release"]["clusters"]["min_size"] >= 4 and report["release"]["forbidden_fields"] == []
     assert report["release"]["shipped"] in ("kssgan", "ksame_aligned")
     assert [(row["people"], row["method"]) for row in report["headline"]] == \

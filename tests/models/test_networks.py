@@ -18,7 +18,7 @@ def generator_inputs(n: int, resolution: int, z_dim: int = 32) -> tuple[torch.Te
 @pytest.mark.parametrize("resolution", [32, 256, 1024])
 def test_shapes_from_config(resolution: int) -> None:
     torch.manual_seed(0)
-    cfg = ModelConfig(resolution=resolution, embed_dim=16, code_dim=16, siamese_width=4, generator_width=4,
+    cfg = ModelConfig(channels=3, resolution=resolution, embed_dim=16, code_dim=16, siamese_width=4, generator_width=4,
                       discriminator_width=4, max_width=16)
     faces = torch.rand(2, 3, resolution, resolution) * 2 - 1
     embedding = SiameseEncoder(cfg)(faces)
@@ -39,7 +39,7 @@ def test_the_generator_has_no_way_in_for_source_pixels() -> None:
 
 def test_step_zero_is_the_base_face_and_the_residual_is_bounded() -> None:
     torch.manual_seed(0)
-    cfg = ModelConfig(resolution=32, code_dim=8, z_dim=4, generator_width=4, max_width=8, residual_bound=0.1)
+    cfg = ModelConfig(channels=3, resolution=32, code_dim=8, z_dim=4, generator_width=4, max_width=8, residual_bound=0.1)
     g = Generator(cfg, num_expressions=3, num_poses=2)
     inputs = generator_inputs(3, 32, z_dim=4)
     base = inputs[0].clamp(-0.8, 0.8)
@@ -55,7 +55,7 @@ def test_cues_can_be_switched_off() -> None:
 
     def build(**cues: bool) -> Generator:
         torch.manual_seed(0)
-        g = Generator(ModelConfig(resolution=32, code_dim=8, z_dim=4, generator_width=4, max_width=8, **cues),
+        g = Generator(ModelConfig(channels=3, resolution=32, code_dim=8, z_dim=4, generator_width=4, max_width=8, **cues),
                       num_expressions=3)
         for p in g.parameters():
             torch.nn.init.normal_(p, std=0.3)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from kssgan_hpc.data.dataset import FaceShards
 from kssgan_hpc.data.shards import TRACEABLE_FIELDS
+from kssgan_hpc.folders import MARKER
 from kssgan_hpc.release.checks import SourceSecrets, check_release_clusters, scan_release
 
 
@@ -134,6 +135,7 @@ def test_two_ranks_write_the_same_release(release: Path, demo_data: Path, gan_ru
     (out / "private").mkdir(parents=True)
     for name in ("settings.json", "gate.json"):  # the same release (its secret seed), written by 2 ranks
         shutil.copy(release / "private" / name, out / "private" / name)
+    shutil.copy(release / MARKER, out / MARKER)  # and so a release folder
     torchrun("anonymize", f"gan={gan_run}", f"data={demo_data}", f"out={out}", "splits=[train,test]", "k=4",
              "png=true", "images_per_shard=100", "--no-progress", tmp=tmp_path)
     one = json.loads((release / "release" / "manifest.json").read_text())
