@@ -23,11 +23,17 @@ SELECTED = "selected"
 """GAN run subfolder with the EMA generator that passed the gate best during training (see train/gan.py)."""
 
 
+def siamese_weights(run_dir: str | Path) -> tuple[Path, SiameseConfig]:
+    """The weight file of a Siamese run's newest checkpoint, and the run's config."""
+    path, cfg = checkpoint_with_config(run_dir, SiameseConfig, "siamese")
+    return path / "siamese.safetensors", cfg
+
+
 def load_siamese(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[SiameseEncoder, SiameseConfig]:
     """The newest checkpoint of a Siamese run, frozen, in eval mode."""
-    path, cfg = checkpoint_with_config(run_dir, SiameseConfig, "siamese")
+    path, cfg = siamese_weights(run_dir)
     model = SiameseEncoder(cfg.model)
-    load_weights_into(model, path / "siamese.safetensors")
+    load_weights_into(model, path)
     return model.to(device).eval().requires_grad_(False), cfg
 
 

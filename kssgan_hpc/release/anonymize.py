@@ -38,7 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from kssgan_hpc import __version__
-from kssgan_hpc.artefacts import load_generator, load_siamese
+from kssgan_hpc.artefacts import load_generator, load_siamese, siamese_weights
 from kssgan_hpc.config.release import AnonymizeConfig
 from kssgan_hpc.data.dataset import FaceShards
 from kssgan_hpc.data.shards import (
@@ -122,7 +122,8 @@ def anonymize(cfg: AnonymizeConfig, progress: bool = True) -> Path:
     source = verify_dataset(data_dir, verify) if cfg.input else load_manifest(data_dir)
     release, private = out / "release", out / "private"
     try:
-        settings = _check_settings(cfg, private / "settings.json", source, weights, env.rank)
+        weight_files = {"generator": weights, "siamese": siamese_weights(gan_cfg.siamese)[0]}
+        settings = _check_settings(cfg, private / "settings.json", source, weight_files, env.rank)
         method = _gate(cfg, private / "gate.json", data_dir, siamese, gan_cfg.siamese, generator, device, env.rank)
         release.mkdir(parents=True, exist_ok=True)
         (private / "state").mkdir(parents=True, exist_ok=True)  # per-shard records: the resume points
@@ -189,14 +190,14 @@ def _gate(cfg: AnonymizeConfig, path: Path, data_dir: Path, siamese: torch.nn.Mo
     return method
 
 
-def _check_settings(cfg: AnonymizeConfig, path: Path, source: dict[str, Any], weights: Path,
+def _check_settings(cfg: AnonymizeConfig, path: Path, source: dict[str, Any], weights: dict[str, Path],
                     rank: int) -> dict[str, Any]:
     """A resumed release must be finished with the settings (and weights) it was started with; a new
     one draws its secret seed here. Returns the settings, secret included (rank 0 writes them)."""
     settings = {"k": cfg.k, "method": cfg.method, "seed": cfg.seed, "images_per_shard": cfg.images_per_shard,
                 "splits": cfg.splits, "png": cfg.png, "gate_split": cfg.gate_split,
                 "duplicates": dataclasses.asdict(cfg.duplicates),
-                "generator": {"file": str(weights), "sha256": sha256_file(weights)},
+                **{name: {"file": str(file), "sha256": sha256_file(file)} for name, file in weights.items()},
                 "data_shards": sorted(s["sha256"] for s in source["shards"])}
     if path.is_file():
         before = json.loads(path.read_text())

@@ -196,9 +196,13 @@ def test_a_folder_goes_through_prep(orl_folder: Path, gan_run: Path, tmp_path: P
     assert scan_release(out / "release", source_names(out / "private" / "input")) == []
 
 
-def test_a_resume_with_other_generator_weights_is_refused(demo_data: Path, gan_run: Path, tmp_path: Path) -> None:
-    gan = tmp_path / "gan"
+def test_a_resume_with_other_weights_is_refused(demo_data: Path, gan_run: Path, siamese_run: Path,
+                                               tmp_path: Path) -> None:
+    gan, siamese = tmp_path / "gan", tmp_path / "siamese"
     shutil.copytree(gan_run, gan)
+    shutil.copytree(siamese_run, siamese)
+    for config in gan.glob("checkpoints/*/config.yaml"):  # the copied GAN names the copied Siamese
+        config.write_text(config.read_text().replace(str(siamese_run), str(siamese)))
     args = [f"gan={gan}", f"data={demo_data}", f"out={tmp_path / 'out'}", "splits=[test]", "k=4", "--no-progress"]
     kssgan("anonymize", *args, check=True)
     from safetensors.torch import load_file, save_file
@@ -206,11 +210,20 @@ def test_a_resume_with_other_generator_weights_is_refused(demo_data: Path, gan_r
     from kssgan_hpc.artefacts import generator_weights
 
     weights, _ = generator_weights(gan)  # new weights under the same path, as a retrain would leave
+    original = weights.read_bytes()
     state = load_file(weights)
     state["to_image.bias"] = state["to_image.bias"] + 0.01
     save_file(state, weights)
     refused = kssgan("anonymize", *args)
     assert refused.returncode == 2 and "made with other settings (generator)" in refused.stderr
+    weights.write_bytes(original)
+    siamese_file = sorted(siamese.glob("checkpoints/step-*/siamese.safetensors"))[-1]
+    state = load_file(siamese_file)
+    name = sorted(state)[0]
+    state[name] = state[name] * 1.001
+    save_file(state, siamese_file)
+    refused = kssgan("anonymize", *args)
+    assert refused.returncode == 2 and "made with other settings (siamese)" in refused.stderr
 
 
 def test_cluster_records_edited_to_k_1_fail_against_the_promised_k(release: Path, tmp_path: Path) -> None:
