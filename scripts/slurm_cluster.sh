@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# A real single-node Slurm cluster (munge, MariaDB + slurmdbd for sacct, slurmctld, slurmd) from
-# Debian packages, without systemd, for the tests. Needs root.
+# A real Slurm cluster of N nodes on this one host (munge, MariaDB + slurmdbd for sacct, slurmctld,
+# and one slurmd per node, side by side: `slurmd -N n1`, `slurmd -N n2`, each with its own port,
+# spool, pid file and log) from Debian packages, without systemd, for the tests. Needs root.
 #
-#   bash scripts/slurm_cluster.sh install   # apt packages (once per machine)
-#   bash scripts/slurm_cluster.sh start     # configure + start every daemon, wait for an idle node
+#   bash scripts/slurm_cluster.sh install     # apt packages (once per machine)
+#   bash scripts/slurm_cluster.sh start [N]   # configure + start every daemon, wait for N idle nodes
+#                                             # (N: default $KSSGAN_SLURM_NODES, else 2)
 #   bash scripts/slurm_cluster.sh status
-#   bash scripts/slurm_cluster.sh stop      # cancel jobs, stop daemons by their pid files
+#   bash scripts/slurm_cluster.sh stop        # cancel jobs, stop every daemon, wait until they are gone
 #
+# Nodes are n1..nN; the names do not resolve and every node reports this host's name, so code
+# takes a node's address from its NodeAddr (127.0.0.1 here), never from a host name lookup.
 # State lives under /var/spool/slurm and /var/lib/mysql, logs under /var/log/slurm.
 set -euo pipefail
 ACTION=${1:-status}
+NODES=${2:-${KSSGAN_SLURM_NODES:-2}}
 HOST=$(hostname -s)
 CPUS=$(nproc)
 # Advertise more CPUs than there are (config_overrides) so multi-task test jobs fit on 2 cores.
 NODE_CPUS=$(( CPUS < 8 ? 8 : CPUS ))
-MEM_MB=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)
+MEM_MB=$(awk -v n="$NODES" '/MemTotal/ {printf "%d", $2 / 1024 * 0.9 / n}' /proc/meminfo)
 CONF=/etc/slurm/slurm.conf
 DBD_CONF=/etc/slurm/slurmdbd.conf
 LOG=/var/log/slurm
@@ -39,14 +44,13 @@ ClusterName=kssgan
 SlurmctldHost=${HOST}(127.0.0.1)
 SlurmUser=root
 SlurmctldPort=6817
-SlurmdPort=6818
 AuthType=auth/munge
 StateSaveLocation=/var/spool/slurm/ctld
-SlurmdSpoolDir=/var/spool/slurm/d
+SlurmdSpoolDir=/var/spool/slurm/d-%n
 SlurmctldPidFile=/run/slurmctld.pid
-SlurmdPidFile=/run/slurmd.pid
+SlurmdPidFile=/run/slurmd-%n.pid
 SlurmctldLogFile=$LOG/slurmctld.log
-SlurmdLogFile=$LOG/slurmd.log
+SlurmdLogFile=$LOG/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -62,9 +66,13 @@ MpiDefault=none
 KillWait=5
 InactiveLimit=0
 MinJobAge=300
-NodeName=${HOST} NodeAddr=127.0.0.1 CPUs=${NODE_CPUS} RealMemory=${MEM_MB} State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4 LLN=YES
 EOF
+  for i in $(seq 1 "$NODES"); do
+    echo "NodeName=n$i NodeHostname=${HOST} NodeAddr=127.0.0.1 Port=$(( 17000 + i )) CPUs=${NODE_CPUS}"\
+" RealMemory=${MEM_MB} State=UNKNOWN" >> "$CONF"
+    mkdir -p "/var/spool/slurm/d-n$i"
+  done
   cat > "$DBD_CONF" <<EOF
 AuthType=auth/munge
 DbdHost=${HOST}
@@ -92,11 +100,38 @@ wait_for() {  # wait_for <seconds> <command…>
   return 1
 }
 
-running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+running() { [ -f "$1" ] && alive "$(cat "$1")"; }
+
+# A process that exited lingers as a zombie until it is reaped, and kill -0 still succeeds then.
+alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+
+gone() { ! alive "$1"; }
+
+configured_nodes() { grep -c '^NodeName=' "$CONF" 2>/dev/null || echo 0; }
+
+slurmd_pids() { ls /run/slurmd-*.pid /run/slurmd.pid 2>/dev/null || true; }
+
+kill_and_wait() {  # kill_and_wait <pid file…>: stop each daemon, return once every one is gone
+  local pids=()
+  for pid in "$@"; do
+    if running "$pid"; then pids+=("$(cat "$pid")"); kill "$(cat "$pid")" 2>/dev/null || true; fi
+  done
+  for p in "${pids[@]}"; do
+    for _ in $(seq 1 600); do gone "$p" && break; sleep 0.1; done
+    gone "$p" || { echo "slurm_cluster.sh: daemon $p did not stop" >&2; return 1; }
+  done
+  STOPPED=${#pids[@]}
+}
 
 start() {
   need_root
   install
+  if [ -f "$CONF" ] && { [ "$(configured_nodes)" != "$NODES" ] || ! grep -q '^NodeName=n1 ' "$CONF"; }; then
+    # Another node layout was running: its nodes must not linger in slurmctld's saved state. The job
+    # state stays: it holds the job id counter, and reused ids would collide in sacct's records.
+    kill_and_wait $(slurmd_pids) /run/slurmctld.pid
+    rm -f /var/spool/slurm/ctld/node_state* /var/spool/slurm/ctld/part_state*
+  fi
   write_config
   # munge
   [ -f /etc/munge/munge.key ] || mungekey --create
@@ -116,22 +151,22 @@ start() {
   wait_for 30 sacctmgr -n list cluster
   running /run/slurmctld.pid || slurmctld
   wait_for 30 scontrol ping
-  running /run/slurmd.pid || slurmd
-  wait_for 30 sh -c "sinfo -h -N -o '%T' | grep -qE 'idle|mixed|alloc'"
-  echo "slurm cluster up: $(sinfo -h -o '%P %D %T %c CPUs')"
+  for i in $(seq 1 "$NODES"); do
+    running "/run/slurmd-n$i.pid" || slurmd -N "n$i"
+  done
+  wait_for 60 sh -c "[ \$(sinfo -h -N -o '%N %T' | grep -cE 'idle|mixed|alloc') -ge $NODES ]"
+  echo "slurm cluster up: $(sinfo -h -o '%P %D %T %c CPUs') ($(sinfo -h -N -o '%N' | sort -u | tr '\n' ' '))"
 }
 
 stop() {
   need_root
   command -v scancel >/dev/null && scancel --user=root 2>/dev/null || true
-  for pid in /run/slurmd.pid /run/slurmctld.pid /run/slurmdbd.pid /run/mysqld/mysqld.pid /run/munge/munged.pid; do
-    if running "$pid"; then kill "$(cat "$pid")" 2>/dev/null || true; fi
-  done
-  echo "slurm cluster stopped"
+  kill_and_wait $(slurmd_pids) /run/slurmctld.pid /run/slurmdbd.pid /run/mysqld/mysqld.pid /run/munge/munged.pid
+  echo "slurm cluster stopped (${STOPPED} daemons)"
 }
 
 status() {
-  for pid in /run/munge/munged.pid /run/mysqld/mysqld.pid /run/slurmdbd.pid /run/slurmctld.pid /run/slurmd.pid; do
+  for pid in /run/munge/munged.pid /run/mysqld/mysqld.pid /run/slurmdbd.pid /run/slurmctld.pid $(slurmd_pids); do
     if running "$pid"; then echo "up    $pid"; else echo "down  $pid"; fi
   done
   command -v sinfo >/dev/null && sinfo 2>/dev/null || true

@@ -59,6 +59,24 @@ def kssgan(*args: str, timeout: float = 300, check: bool = False) -> subprocess.
 
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a launcher and every process under it at once (torchrun starts its ranks in sessions of
+    their own, so killing its process group leaves them running)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        family = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for process in family:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=60)
+
+
 def free_port() -> int:
     import socket
 

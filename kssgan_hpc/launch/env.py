@@ -1,10 +1,11 @@
 """One function turns the process environment into torch.distributed settings.
 
 Sources, in order: torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT — also what a
-torchrun started by srun sees), Slurm tasks (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, the first
-host of SLURM_JOB_NODELIST as master, a port derived from SLURM_JOB_ID so jobs sharing a node do
-not collide), submitit's JobEnvironment (its Slurm executor's tasks are Slurm tasks; its local executor
-sets SUBMITIT_LOCAL_* for each task on this host), else one plain process. A variable that is
+torchrun started by srun sees), Slurm tasks (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; as master
+the NodeAddr of the first node of SLURM_JOB_NODELIST, or KSSGAN_MASTER_ADDR where a template
+exported it; a port derived from SLURM_JOB_ID so jobs sharing a node do not collide), submitit's
+JobEnvironment (its Slurm executor's tasks are Slurm tasks; its local executor sets
+SUBMITIT_LOCAL_* for each task on this host), else one plain process. A variable that is
 missing from an otherwise complete set, or values that contradict each other, are an error that
 names them: never a silent single-process run.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -63,6 +65,19 @@ def expand_hostlist(hostlist: str) -> list[str]:
     return hosts
 
 
+def node_address(node: str) -> str:
+    """The address of Slurm node `node`: its NodeAddr. A node's name need not resolve as a host name
+    (nodes named n1, n2 on one host; clusters whose node names differ from their network names), so the
+    master address comes from Slurm, not from DNS; without scontrol, the name itself."""
+    try:
+        shown = subprocess.run(["scontrol", "show", "node", "-o", node], capture_output=True, text=True,
+                               timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return node
+    match = re.search(r"\bNodeAddr=(\S+)", shown)
+    return match.group(1) if match else node
+
+
 def _ints(env: Mapping[str, str], names: tuple[str, ...]) -> dict[str, int]:
     values = {}
     for name in names:
@@ -104,7 +119,7 @@ def distributed_env(env: Mapping[str, str] | None = None) -> DistEnv:
         n = _ints(env, ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_ID"))
         if not 0 <= n["SLURM_PROCID"] < n["SLURM_NTASKS"]:
             raise LaunchError(f"SLURM_PROCID={n['SLURM_PROCID']} does not fit SLURM_NTASKS={n['SLURM_NTASKS']}")
-        master = expand_hostlist(env["SLURM_JOB_NODELIST"])[0]
+        master = env.get("KSSGAN_MASTER_ADDR") or node_address(expand_hostlist(env["SLURM_JOB_NODELIST"])[0])
         port = PORT_BASE + n["SLURM_JOB_ID"] % PORT_RANGE
         return DistEnv(n["SLURM_PROCID"], n["SLURM_LOCALID"], n["SLURM_NTASKS"], master, port, "slurm")
     return DistEnv(0, 0, 1, "127.0.0.1", 0, "single")

@@ -124,6 +124,14 @@ def model_from_data(data: Any, model: ModelConfig, source: str) -> None:
         setattr(model, name, found)
 
 
+def node_index() -> int:
+    """This process's node in the job: torchrun's GROUP_RANK, else Slurm's SLURM_NODEID, else 0."""
+    for name in ("GROUP_RANK", "SLURM_NODEID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -207,11 +215,19 @@ class Run:
             fh.write(json.dumps({"step": step, **{k: round(float(v), 6) for k, v in values.items()}}) + "\n")
 
     def throughput(self, images: int, seconds: float, models: tuple[str, ...]) -> dict[str, float]:
-        """Collective: images/s of this rank and of all, peak memory, and each model's fp16 loss scale."""
+        """Collective: images/s of this rank, of each node and of all, peak memory, and each model's fp16
+        loss scale. A slow node shows as its own curve (speed/images_per_s_node<i>)."""
         speed = images / seconds
+        # Each rank fills its own slot, so one sum gathers every rank's speed and node.
+        slots = {f"speed{self.engine.rank:05d}": speed, f"node{self.engine.rank:05d}": float(node_index())}
+        gathered = all_reduce({f"{kind}{r:05d}": slots.get(f"{kind}{r:05d}", 0.0)
+                               for r in range(self.engine.world_size) for kind in ("speed", "node")}, op="sum")
         values = {"speed/images_per_s_rank": speed,
-                  "speed/images_per_s_total": all_reduce({"s": speed}, op="sum")["s"],
+                  "speed/images_per_s_total": sum(gathered[f"speed{r:05d}"] for r in range(self.engine.world_size)),
                   "memory/peak_mb": all_reduce({"m": peak_memory_mb(self.engine.device)}, op="max")["m"]}
+        for r in range(self.engine.world_size):
+            key = f"speed/images_per_s_node{int(gathered[f'node{r:05d}'])}"
+            values[key] = values.get(key, 0.0) + gathered[f"speed{r:05d}"]
         for name in models:
             scale = self.engine.loss_scale(name)
             if scale is not None:
@@ -226,7 +242,10 @@ class Run:
         collapsed = [n for n, s in scales.items() if s is not None and s < self.cfg.engine.min_loss_scale]
         if step == self._hold_at:
             log.warning("test hook: holding at step %d until a stop signal", step)
+            launcher = os.getppid()
             while not self.stop_requested():  # collective: every rank waits for the same event
+                if os.getppid() != launcher:  # the launcher was killed: never outlive it as an orphan
+                    raise self.stop(f"test hook: launcher gone while holding at step {step}", 1)
                 time.sleep(0.5)
         stop = self.stop_requested()
         if step % self.cfg.checkpoint_every == 0 or step == self.cfg.steps or stop or collapsed:

@@ -44,11 +44,12 @@ def contrastive_loss(embeddings: torch.Tensor, identities: torch.Tensor, margin:
 def verification(model: torch.nn.Module, data: FaceShards, device: torch.device, limit: int = 2000) -> dict[str, float]:
     """All pairs among up to `limit` held-out images: accuracy at the best threshold and the equal error rate."""
     model.eval()
+    dtype = next(model.parameters()).dtype  # DeepSpeed's bf16/fp16 engines hold the module's weights in that type
     count = min(len(data), limit)
     embeddings, identities = [], []
     for start in range(0, count, 64):
         images, labels = collate_faces(data.__getitems__(list(range(start, min(start + 64, count)))))
-        embeddings.append(model(to_unit(images).to(device)).float().cpu())
+        embeddings.append(model(to_unit(images).to(device, dtype)).float().cpu())
         identities.append(labels["identity"])
     model.train()
     emb, ids = torch.cat(embeddings), torch.cat(identities)

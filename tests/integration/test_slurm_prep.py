@@ -28,6 +28,15 @@ def cluster_up() -> str | None:
     return None
 
 
+def nodes_up() -> int:
+    """How many nodes the cluster has up (idle, mixed or allocated)."""
+    if cluster_up() is not None:
+        return 0
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True, timeout=30).stdout
+    return len({line.split()[0] for line in out.splitlines() if line.split()[-1].rstrip("*") in
+                ("idle", "mixed", "allocated", "completing")})
+
+
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(cluster_up() is not None, reason=str(cluster_up()))]
 
 
@@ -65,4 +74,8 @@ def test_prep_array_and_merge_equal_single_process(tmp_path: Path) -> None:
     logs = "\n".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
     assert set(states.values()) == {"COMPLETED"}, f"{states}\n{logs}"
     assert len([k for k in states if k.startswith(f"{array}_")]) == 3, states
+    if nodes_up() >= 2:  # the partition places jobs on the least loaded node (LLN): the parts spread
+        listed = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "NodeList", "-j", array], capture_output=True,
+                                text=True, timeout=30).stdout.split()
+        assert {"n1", "n2"} <= set(listed), listed
     assert json.loads((out / "manifest.json").read_text()) == json.loads((reference / "manifest.json").read_text())

@@ -1,5 +1,6 @@
-"""`kssgan submit train` on the real cluster: a 2-rank job hits its time limit, checkpoints on
-Slurm's USR2, requeues itself, resumes from the checkpoint and finishes the full step count."""
+"""`kssgan submit train` on the real cluster: a job of 2 ranks (on 2 nodes where the cluster has
+them) hits its time limit, checkpoints on Slurm's USR2, requeues itself, resumes from the checkpoint
+and finishes the full step count."""
 
 import json
 import re
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers import kssgan
-from test_slurm_prep import cluster_up, wait_for_jobs
+from test_slurm_prep import cluster_up, nodes_up, wait_for_jobs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(cluster_up() is not None, reason=str(cluster_up()))]
 
@@ -31,8 +32,9 @@ def release_held(job: str) -> bool:
 
 
 def submit(tmp_path: Path, out: Path, demo_data: Path) -> subprocess.CompletedProcess:
+    layout = ["--nodes", "2", "--tasks-per-node", "1"] if nodes_up() >= 2 else ["--tasks-per-node", "2"]
     return kssgan("submit", "train", "siamese", "--folder", str(tmp_path / "submitit"), "--time-min", "2",
-                  "--signal-delay-s", "60", "--tasks-per-node", "2", "--cpus-per-task", "1", "--max-requeues", "6",
+                  "--signal-delay-s", "60", *layout, "--cpus-per-task", "1", "--max-requeues", "6",
                   f"data={demo_data}", f"out={out}", f"steps={STEPS}", "identities_per_batch=4", "images_per_identity=2", "eval_every=100000",
                   "checkpoint_every=100000", "log_every=50", "model.resolution=32", "model.siamese_width=8",
                   "model.max_width=32", "workers=0", check=True)
@@ -62,3 +64,8 @@ def test_time_limit_requeue_resumes_to_full_step_count(demo_data: Path, tmp_path
     assert (out / "checkpoints" / "latest").read_text().strip() == f"step-{STEPS:08d}"
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == STEPS
+    if nodes_up() >= 2:
+        assert json.loads((out / "run.json").read_text())["world_size"] == 2
+        nodes = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "NodeList", "-j", job], capture_output=True,
+                               text=True, timeout=30).stdout.split()
+        assert nodes and set(nodes) == {"n[1-2]"}, nodes

@@ -1,7 +1,6 @@
 """Real 2-rank runs over gloo: both engines, both CPU precisions, resume, kill, NaN, TensorBoard."""
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import free_port, kssgan, metrics, torchrun, torchrun_cmd, torchrun_env
+from helpers import free_port, kill_tree, kssgan, metrics, torchrun, torchrun_cmd, torchrun_env
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -107,7 +106,7 @@ def test_sigkill_mid_run_then_resume(gan_args: list[str], tmp_path: Path) -> Non
     while time.monotonic() < deadline and "holding at step 6" not in (
             (out / "gan.log").read_text() if (out / "gan.log").is_file() else ""):
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_tree(proc.pid)  # the whole job at once, ranks included
     proc.wait(timeout=60)
     done = sorted((out / "checkpoints").glob("step-*"))
     assert [d.name for d in done] == [f"step-{s:08d}" for s in range(1, 6)], "killed at the hold, step 6 unsaved"
@@ -207,7 +206,7 @@ def test_sigusr1_checkpoints_and_exits_for_requeue(gan_args: list[str], tmp_path
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc.pid)
     log = (out / "gan.log").read_text()
     assert "stopped by signal" in log and "exit code 75" in log and proc.returncode != 0
     saved = (out / "checkpoints" / "latest").read_text().strip()
