@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,23 @@ def attach_job(job: JobConfig, folder: str | Path, job_id: str) -> submitit.Job 
     if job.executor == "local":
         return submitit.LocalJob(folder=Path(folder) / "%j", job_id=job_id, tasks=tasks)
     return None
+
+
+def find_submitted(job: JobConfig, name: str, since: float | None) -> str | None:
+    """The id of a Slurm job named `name` submitted at or after `since` (epoch seconds): a submission
+    that reached the scheduler although its submitter died before recording the id. None elsewhere."""
+    if job.executor != "slurm":
+        return None
+    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since or 0))
+    ids = []
+    for command in (["squeue", "-h", "-n", name, "-o", "%i"],
+                    ["sacct", "-n", "-X", "-P", "--name", name, "-S", start, "-o", "JobID"]):
+        try:
+            ids += subprocess.run(command, capture_output=True, text=True, timeout=60).stdout.split()
+        except (OSError, subprocess.SubprocessError):
+            continue
+    ids = sorted({i for i in ids if i.isdigit()}, key=int)
+    return ids[-1] if ids else None
 
 
 def job_status(handle: submitit.Job) -> str:

@@ -82,20 +82,29 @@ def _name_pattern(names: list[str]) -> re.Pattern | None:
     return re.compile(f"(?<![A-Za-z0-9])(?:{body})(?![A-Za-z0-9])")
 
 
-def _find_blobs(buffer: bytes, blobs: list[bytes], prefixes: np.ndarray) -> bytes | None:
-    """The first of `blobs` (each >= 8 bytes) found anywhere in `buffer`: every 8-byte window, at every
-    offset, is looked up among the blobs' first 8 bytes (numpy), then a hit is confirmed in full."""
-    if len(buffer) < 8 or not len(prefixes):
+class _Blobs:
+    """Byte strings (each >= 8 bytes) to find in buffers: every 8-byte window of a buffer, at every
+    offset, is looked up among the blobs' first 8 bytes (numpy), and only a hit is compared in full."""
+
+    def __init__(self, blobs: list[bytes]) -> None:
+        self.by_prefix: dict[int, list[bytes]] = {}
+        for blob in blobs:
+            if len(blob) >= 8:
+                self.by_prefix.setdefault(int.from_bytes(blob[:8], "little"), []).append(blob)
+        self.prefixes = np.array(sorted(self.by_prefix), np.uint64)
+
+    def find(self, buffer: bytes) -> bytes | None:
+        """The first blob found anywhere in `buffer`, else None."""
+        if len(buffer) < 8 or not len(self.prefixes):
+            return None
+        for shift in range(8):
+            windows = np.frombuffer(buffer, dtype="<u8", count=(len(buffer) - shift) // 8, offset=shift)
+            for hit in np.flatnonzero(np.isin(windows, self.prefixes)):
+                at = shift + 8 * int(hit)
+                for blob in self.by_prefix[int(windows[hit])]:
+                    if buffer.startswith(blob, at):
+                        return blob
         return None
-    for shift in range(8):
-        count = (len(buffer) - shift) // 8
-        windows = np.frombuffer(buffer, dtype="<u8", count=count, offset=shift)
-        for hit in np.flatnonzero(np.isin(windows, prefixes)):
-            at = shift + 8 * int(hit)
-            for blob in blobs:
-                if buffer.startswith(blob, at):
-                    return blob
-    return None
 
 
 def scan_release(release: str | Path, secrets: SourceSecrets | None = None) -> list[str]:
@@ -106,8 +115,7 @@ def scan_release(release: str | Path, secrets: SourceSecrets | None = None) -> l
     release = Path(release)
     secrets = secrets or SourceSecrets()
     pattern = _name_pattern(secrets.names)
-    blobs = [b for b in secrets.blobs if len(b) >= 8]
-    prefixes = np.array(sorted({int.from_bytes(b[:8], "little") for b in blobs}), np.uint64)
+    blobs = _Blobs(secrets.blobs)
     problems: list[str] = []
     texts: list[tuple[str, str]] = []
     manifest = release / "manifest.json"
@@ -133,14 +141,14 @@ def scan_release(release: str | Path, secrets: SourceSecrets | None = None) -> l
                 where = f"{path}:{name}"
                 texts.append((where, f"{name} " + " ".join(f"{k}={_text(v)}" for k, v in obj.attrs.items())))
                 for value in obj.attrs.values():
-                    if isinstance(value, (bytes, np.ndarray)) and _find_blobs(_raw(value), blobs, prefixes):
+                    if isinstance(value, (bytes, np.ndarray)) and blobs.find(_raw(value)):
                         problems.append(f"{where}: an attribute holds a source digest or landmarks")
                 if isinstance(obj, h5py.Dataset):
                     found = None
                     for values in _blocks(obj):
                         if obj.dtype.kind in "SOU":
                             texts.append((where, _text(values)))
-                        found = found or _find_blobs(_raw(values), blobs, prefixes)
+                        found = found or blobs.find(_raw(values))
                     if found is not None:
                         problems.append(f"{where}: holds a source's {'digest' if len(found) == 32 else 'landmarks'}"
                                         " in its bytes")

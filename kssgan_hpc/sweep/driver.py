@@ -44,7 +44,7 @@ from kssgan_hpc.config.train import GanConfig
 from kssgan_hpc.data.shards import atomic_write_json, atomic_write_text
 from kssgan_hpc.errors import InputError, RunFailure
 from kssgan_hpc.folders import claim_folder
-from kssgan_hpc.launch.submit import attach_job, job_status, make_executor
+from kssgan_hpc.launch.submit import attach_job, find_submitted, job_status, make_executor
 from kssgan_hpc.sweep.space import as_overrides, parametrization, plain
 from kssgan_hpc.sweep.trial import TrialTask
 
@@ -75,6 +75,7 @@ class Trial:
     params: dict[str, Any]
     status: str = "asked"
     """asked (no job yet), running, completed or failed."""
+    asked: float | None = None
     job_id: str | None = None
     submissions: int = 0
     submitted: float | None = None
@@ -224,7 +225,7 @@ class Sweep:
         for key in PATH_KEYS:
             config[key] = str(Path(config[key]).resolve())
         task = TrialTask(self.cfg.stage, config, to_dict(self.cfg.objective), threads=self.cfg.trial.cpus_per_task)
-        self.executor.update_parameters(name=f"{self.cfg.name}-t{trial.trial:03d}")
+        self.executor.update_parameters(name=self._job_name(trial))
         job = self.executor.submit(task)
         trial.job_id, trial.status, trial.submitted = job.job_id, "running", time.time()
         trial.submissions += 1
@@ -232,9 +233,12 @@ class Sweep:
         self.save()
         log.info("trial %d submitted as job %s: %s", trial.trial, job.job_id, trial.params)
 
+    def _job_name(self, trial: Trial) -> str:
+        return f"{self.cfg.name}-t{trial.trial:03d}"
+
     def _ask(self) -> None:
         candidate = self.optimizer.ask()
-        trial = Trial(trial=len(self.trials), params=plain(candidate.value))
+        trial = Trial(trial=len(self.trials), params=plain(candidate.value), asked=time.time())
         self.trials.append(trial)
         self.pending[trial.trial] = candidate
         self.save()  # the ask is on disk before any job exists
@@ -312,6 +316,11 @@ class Sweep:
                     self.optimizer.tell(self.pending.pop(trial.trial), trial.told)
                 continue
             self._candidate(trial)
+            if trial.job_id is None:  # the driver may have died between submitting the job and recording it
+                found = find_submitted(self.cfg.trial, self._job_name(trial), trial.asked)
+                if found is not None:
+                    trial.job_id, trial.status, trial.submissions, trial.submitted = found, "running", 1, trial.asked
+                    log.info("trial %d: found its job %s, submitted before the driver stopped", trial.trial, found)
             handle = None if trial.job_id is None else attach_job(self.cfg.trial, self.out / "submitit", trial.job_id)
             if handle is not None and job_status(handle) != "gone":
                 self.handles[trial.trial] = handle

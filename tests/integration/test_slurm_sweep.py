@@ -101,3 +101,22 @@ def test_driver_killed_and_resumed_reruns_no_finished_trial(sweep_file, tmp_path
         steps = [json.loads(line)["step"] for line in
                  (out / "trials" / f"trial-{trial['trial']:04d}" / "metrics.jsonl").read_text().splitlines()]
         assert steps == sorted(steps), (trial["trial"], steps)
+
+
+def test_a_job_submitted_but_not_recorded_is_found_by_its_name(tmp_path: Path) -> None:
+    """The driver killed between sbatch and writing the job id: --resume finds the job by its
+    unique name (submitted after the trial was asked) instead of submitting it twice."""
+    from kssgan_hpc.config import load_config
+    from kssgan_hpc.config.launch import JobConfig
+    from kssgan_hpc.launch.submit import find_submitted
+
+    name, asked = f"found{os.getpid()}-t003", time.time() - 1
+    job = subprocess.run(["sbatch", "--parsable", "--job-name", name, f"--output={tmp_path}/%j.out", "--wrap",
+                          "sleep 60"], capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    try:
+        slurm = load_config(JobConfig, overrides=["executor=slurm"])
+        assert find_submitted(slurm, name, asked) == job
+        assert find_submitted(slurm, name + "x", asked) is None
+        assert find_submitted(load_config(JobConfig, overrides=["executor=local"]), name, asked) is None
+    finally:
+        subprocess.run(["scancel", job], timeout=30)
