@@ -211,7 +211,8 @@ def ksame_from_file(path: str | Path, data: FaceShards, k: int | None = None) ->
     ids = np.array(sorted(i for c in record["clusters"] for i in c["identities"]))
     row = {int(i): n for n, i in enumerate(ids)}
     merged = record.get("duplicates", {}).get("merged", [])
-    people = merged + [[int(i)] for i in ids if not any(int(i) in m for m in merged)]
+    in_merged = {i for m in merged for i in m}
+    people = merged + [[int(i)] for i in ids if int(i) not in in_merged]
     return KSame(k=int(record["k"]), ids=ids, groups=[[row[i] for i in c["identities"]] for c in record["clusters"]],
                  duplicates=Duplicates(pairs=record.get("duplicates", {}).get("pairs", []), people=people),
                  surrogates=np.array([c["surrogate"] for c in record["clusters"]], np.float32),
