@@ -18,7 +18,7 @@ from kssgan_hpc.config.launch import JobConfig
 
 RESOURCE_FLAGS = ("executor", "folder", "name", "nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task",
                   "mem_gb", "time_min", "partition", "account", "qos", "constraint", "signal_delay_s",
-                  "max_requeues")
+                  "max_requeues", "max_restarts")
 PATH_KEYS = ("data", "out", "siamese", "clusters")
 
 
@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     from kssgan_hpc.launch.submit import TrainTask, make_executor
 
     executor = make_executor(job)
-    submitted = executor.submit(TrainTask(args.stage, config, threads=job.cpus_per_task))
+    submitted = executor.submit(TrainTask(args.stage, config, threads=job.cpus_per_task,
+                                                 max_restarts=job.max_restarts))
     print(f"submitted {args.stage} training as job {submitted.job_id} "
           f"({job.executor}: {job.nodes} node(s) x {job.tasks_per_node} task(s))")
     print(f"  logs:        {submitted.paths.stdout}  {submitted.paths.stderr}")

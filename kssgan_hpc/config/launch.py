@@ -37,6 +37,9 @@ class JobConfig:
     boundary and the job requeues itself. Must exceed the time of one step plus a checkpoint save."""
     max_requeues: int = 3
     """Time-limit requeues before the job gives up (preemptions do not count)."""
+    max_restarts: int = 2
+    """Restarts after a failure (a rank or a whole node lost, a crash): a surviving rank requeues the
+    job, which resumes from the last complete checkpoint. 0: the job fails at the first failure."""
     setup: list[str] = field(default_factory=list)
     """Shell lines run before the tasks start, e.g. `module load cuda/12.4`."""
     slurm_extra: dict[str, str] = field(default_factory=dict)
@@ -46,8 +49,9 @@ class JobConfig:
         for name in ("nodes", "tasks_per_node", "cpus_per_task", "time_min"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"slurm.{name}={getattr(self, name)} is invalid; use >= 1")
-        if self.gpus_per_node < 0 or self.mem_gb < 0 or self.signal_delay_s < 0 or self.max_requeues < 0:
-            raise ConfigError("slurm.gpus_per_node, mem_gb, signal_delay_s and max_requeues must be >= 0")
+        if self.gpus_per_node < 0 or self.mem_gb < 0 or self.signal_delay_s < 0 or self.max_requeues < 0 \
+                or self.max_restarts < 0:
+            raise ConfigError("slurm.gpus_per_node, mem_gb, signal_delay_s, max_requeues and max_restarts must be >= 0")
         if self.signal_delay_s >= 60 * self.time_min:
             raise ConfigError(f"slurm.signal_delay_s={self.signal_delay_s} must be shorter than "
                               f"slurm.time_min={self.time_min} minutes")

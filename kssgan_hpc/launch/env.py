@@ -3,7 +3,8 @@
 Sources, in order: torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT — also what a
 torchrun started by srun sees), Slurm tasks (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; as master
 the NodeAddr of the first node of SLURM_JOB_NODELIST, or KSSGAN_MASTER_ADDR where a template
-exported it; a port derived from SLURM_JOB_ID so jobs sharing a node do not collide), submitit's
+exported it; a port derived from SLURM_JOB_ID so jobs sharing a node do not collide, and from
+the job's restart count and step id so a rerun does not meet its predecessor's socket), submitit's
 JobEnvironment (its Slurm executor's tasks are Slurm tasks; its local executor sets
 SUBMITIT_LOCAL_* for each task on this host), else one plain process. A variable that is
 missing from an otherwise complete set, or values that contradict each other, are an error that
@@ -25,6 +26,8 @@ SLURM_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELI
 SUBMITIT_LOCAL_VARS = ("SUBMITIT_LOCAL_GLOBALID", "SUBMITIT_LOCAL_NTASKS", "SUBMITIT_LOCAL_LOCALID",
                        "SUBMITIT_LOCAL_JOB_ID")
 PORT_BASE, PORT_RANGE = 20000, 20000
+RERUN_STRIDE = 1009
+"""Port offset per rerun of a job or step: prime, so reruns of nearby job ids rarely meet."""
 
 
 class LaunchError(InputError):
@@ -120,7 +123,11 @@ def distributed_env(env: Mapping[str, str] | None = None) -> DistEnv:
         if not 0 <= n["SLURM_PROCID"] < n["SLURM_NTASKS"]:
             raise LaunchError(f"SLURM_PROCID={n['SLURM_PROCID']} does not fit SLURM_NTASKS={n['SLURM_NTASKS']}")
         master = env.get("KSSGAN_MASTER_ADDR") or node_address(expand_hostlist(env["SLURM_JOB_NODELIST"])[0])
-        port = PORT_BASE + n["SLURM_JOB_ID"] % PORT_RANGE
+        # A rerun of the job (requeue) or of its step gets another port: the last one's listening
+        # socket may still be in TIME_WAIT, and binding it fails (EADDRINUSE).
+        rerun = sum(int(env.get(name, "0")) if env.get(name, "0").isdigit() else 0
+                    for name in ("SLURM_RESTART_COUNT", "SLURM_STEP_ID"))
+        port = PORT_BASE + (n["SLURM_JOB_ID"] + RERUN_STRIDE * rerun) % PORT_RANGE
         return DistEnv(n["SLURM_PROCID"], n["SLURM_LOCALID"], n["SLURM_NTASKS"], master, port, "slurm")
     return DistEnv(0, 0, 1, "127.0.0.1", 0, "single")
 

@@ -10,10 +10,19 @@ at the next step boundary, then rank 0 hands over to submitit's handler, which p
 `TrainTask.checkpoint()` (the same task; resume=auto continues from the checkpoint just written)
 and runs `scontrol requeue`. Preemption (SIGTERM) checkpoints too; Slurm requeues preempted jobs
 itself.
+
+Failures: when a rank dies (its node lost, killed, crashed) the others fail at their next collective
+(gloo: "Connection reset by peer"). A failing task that is not the victim of bad input claims the
+restart (`restarts/<job>-<restart count>.json` in the job's submitit folder, created exclusively, so
+one task of the many survivors requeues), then runs `scontrol requeue`: Slurm ends every task on
+every node and starts the job again, which resumes from the last complete checkpoint. After
+`max_restarts` such restarts the failure ends the job (FAILED). A node that is really gone is
+Slurm's to handle: it ends the job as NODE_FAIL and requeues it (resume=auto continues it).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -28,6 +37,7 @@ import submitit
 from kssgan_hpc.config import from_dict
 from kssgan_hpc.config.launch import JobConfig
 from kssgan_hpc.config.train import GanConfig, SiameseConfig
+from kssgan_hpc.errors import InputError
 from kssgan_hpc.launch.env import apply_distributed_env
 
 log = logging.getLogger(__name__)
@@ -53,6 +63,9 @@ def make_executor(job: JobConfig, folder: str | Path | None = None) -> submitit.
         params["mem_gb"] = job.mem_gb
     if job.executor == "local" and job.setup:
         params["local_setup"] = list(job.setup)
+    if job.executor == "slurm":
+        # Survivors of a lost rank must live to requeue the job: override a site's KillOnBadExit=1.
+        params["slurm_srun_args"] = ["--kill-on-bad-exit=0"]
     executor.update_parameters(**params)
     return executor
 
@@ -109,10 +122,45 @@ def job_status(handle: submitit.Job) -> str:
     return "running"
 
 
+def restart_after_failure(error: BaseException, out: Path, max_restarts: int) -> bool:
+    """In a failing task of a Slurm job: True when the job is being restarted (this task requeued it,
+    or another task already claimed the restart), False when the failure must end the job."""
+    job_id, count = os.environ.get("SLURM_JOB_ID"), int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    if not job_id or max_restarts < 1:
+        return False
+    records = submitit.JobEnvironment().paths.folder / "restarts"
+    records.mkdir(parents=True, exist_ok=True)
+    done = len(list(records.glob(f"{job_id}-*.json")))
+    where = f"rank {os.environ.get('RANK', '?')} on {os.environ.get('SLURMD_NODENAME', '?')}"
+    if done >= max_restarts:
+        log.error("%s: %s: %s; no restart left (%d of slurm.max_restarts=%d used), the job fails",
+                  where, type(error).__name__, error, done, max_restarts)
+        return False
+    from kssgan_hpc.train.run import latest_checkpoint
+
+    checkpoint = latest_checkpoint(out / "checkpoints")
+    record = {"job": job_id, "restart": done + 1, "slurm_restart_count": count, "failed": where,
+              "error": f"{type(error).__name__}: {error}"[:2000],
+              "resumes_from": checkpoint.name if checkpoint else None, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:
+        with open(records / f"{job_id}-{count}.json", "x") as fh:  # one task of the survivors claims it
+            json.dump(record, fh, indent=1)
+    except FileExistsError:
+        log.warning("%s: %s; another task is restarting the job", where, type(error).__name__)
+        return True
+    log.error("%s: %s; requeueing job %s (restart %d of %d), it resumes from %s", where, record["error"], job_id,
+              done + 1, max_restarts, record["resumes_from"] or "the start")
+    requeued = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+    if requeued.returncode != 0:
+        log.error("scontrol requeue %s failed: %s", job_id, requeued.stderr.strip())
+        return False
+    return True
+
+
 class TrainTask(submitit.helpers.Checkpointable):
     """One training run as a submitit job; every task is one rank."""
 
-    def __init__(self, stage: str, config: dict[str, Any], threads: int = 0) -> None:
+    def __init__(self, stage: str, config: dict[str, Any], threads: int = 0, max_restarts: int = 0) -> None:
         if stage not in TRAIN_STAGES:
             raise ValueError(f"unknown training stage {stage!r}; use one of {', '.join(TRAIN_STAGES)}")
         self.stage = stage
@@ -120,6 +168,8 @@ class TrainTask(submitit.helpers.Checkpointable):
         """The resolved stage config as a dict (resume must be auto for requeues to continue)."""
         self.threads = threads
         """torch threads per task (the job's cpus_per_task): without cgroups a task sees every core."""
+        self.max_restarts = max_restarts
+        """Restarts of the job after a failure (slurm.max_restarts); see restart_after_failure."""
 
     def __call__(self) -> str:
         from kssgan_hpc.train.run import EXIT_PREEMPTED, TrainingStopped
@@ -144,6 +194,13 @@ class TrainTask(submitit.helpers.Checkpointable):
                 log.info("checkpoint written; requeueing through submitit")
                 requeue(requeue_signal, None)  # rank 0: pickles checkpoint(), scontrol requeue, exits
             sys.exit(EXIT_PREEMPTED)  # other ranks, and stops that are not requeued (scancel, preemption)
+        except InputError:
+            raise  # bad input stays bad: restarting cannot help
+        except Exception as err:
+            if not restart_after_failure(err, Path(cfg.out), self.max_restarts):
+                raise
+            # Exit without a result, so submitit does not record the job as finished.
+            sys.exit(EXIT_PREEMPTED)
 
     def _train(self, cfg: SiameseConfig | GanConfig) -> Path:
         if self.stage == "siamese":

@@ -224,7 +224,8 @@ class Sweep:
         config = to_dict(self.trial_config(trial.params, out))
         for key in PATH_KEYS:
             config[key] = str(Path(config[key]).resolve())
-        task = TrialTask(self.cfg.stage, config, to_dict(self.cfg.objective), threads=self.cfg.trial.cpus_per_task)
+        task = TrialTask(self.cfg.stage, config, to_dict(self.cfg.objective), threads=self.cfg.trial.cpus_per_task,
+                         max_restarts=self.cfg.trial.max_restarts)
         self.executor.update_parameters(name=self._job_name(trial))
         job = self.executor.submit(task)
         trial.job_id, trial.status, trial.submitted = job.job_id, "running", time.time()

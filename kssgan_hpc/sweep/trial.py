@@ -60,8 +60,9 @@ OBJECTIVES: dict[str, Callable[[Path, ObjectiveConfig], dict[str, float]]] = {
 
 
 class TrialTask(TrainTask):
-    def __init__(self, stage: str, config: dict[str, Any], objective: dict[str, Any], threads: int = 0) -> None:
-        super().__init__(stage, config, threads)
+    def __init__(self, stage: str, config: dict[str, Any], objective: dict[str, Any], threads: int = 0,
+                 max_restarts: int = 0) -> None:
+        super().__init__(stage, config, threads, max_restarts)
         self.objective = objective
 
     def __call__(self) -> dict[str, Any] | None:  # type: ignore[override]

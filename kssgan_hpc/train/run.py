@@ -165,7 +165,8 @@ class Run:
 
     def start(self) -> None:
         """Collective, once every input is loaded and checked: wait for the dataset's verification,
-        claim the run folder (a folder of another kind is refused) and write the run's records."""
+        claim the run folder (a folder of another kind is refused) and write the run's records.
+        Then `resume()`, which opens the metrics where the run goes on."""
         problem = ""
         if self._verified is not None:
             try:
@@ -183,7 +184,6 @@ class Run:
         setup_logging(self.out / f"{self.stage}.log" if self.engine.is_main else None, rank=self.engine.rank)
         if self.engine.is_main:
             self._write_run_record()
-            self.tb = SummaryWriter(str(self.out / "tensorboard"))
 
     # ------------------------------------------------------------------ records
     def _write_run_record(self) -> None:
@@ -329,12 +329,30 @@ class Run:
         return latest_checkpoint(self.checkpoints)
 
     def resume(self) -> Resumed | None:
-        """Collective. With resume=auto, restore the newest complete checkpoint (engine state, RNG, sampler)."""
-        if self.cfg.resume != "auto":
-            return None
-        path = self.latest_checkpoint()
-        if path is None:
-            return None
+        """Collective, after `start()`. With resume=auto, restore the newest complete checkpoint (engine
+        state, RNG, sampler). Either way, open the metrics at the step the run goes on from."""
+        path = self.latest_checkpoint() if self.cfg.resume == "auto" else None
+        resumed = self._restore(path) if path is not None else None
+        self._open_metrics(resumed.step if resumed else 0)
+        return resumed
+
+    def _open_metrics(self, step: int) -> None:
+        """Rank 0: metrics.jsonl and TensorBoard from `step` on. What was logged after it (by a run that
+        died after its last checkpoint) is dropped, since it is logged again: no step appears twice."""
+        if not self.engine.is_main:
+            return
+        metrics = self.out / "metrics.jsonl"
+        if metrics.is_file():
+            lines = metrics.read_text().splitlines(keepends=True)
+            kept = [line for line in lines if _logged_step(line) <= step]
+            if len(kept) < len(lines):
+                atomic_write_text(metrics, "".join(kept))
+                log.info("metrics: dropped %d line(s) logged after step %d; those steps run again",
+                         len(lines) - len(kept), step)
+        # purge_step: TensorBoard hides this folder's older events from step + 1 on.
+        self.tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=step + 1)
+
+    def _restore(self, path: Path) -> Resumed:
         self.engine.load(path)
         trainer_path = path / f"trainer-rank{self.engine.rank:05d}.pt"
         if not trainer_path.is_file():
@@ -380,6 +398,14 @@ def checkpoint_with_config(run_dir: str | Path, cls: type, stage: str) -> tuple[
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise CheckpointError(f"{config}: unreadable checkpoint config: {err}") from None
     return path, from_dict(cls, values if isinstance(values, dict) else {"": values}, str(config))
+
+
+def _logged_step(line: str) -> float:
+    """The step of one metrics.jsonl line; a line cut short by a kill counts as after every step."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def _as_tuple(value: Any) -> Any:

@@ -37,6 +37,24 @@ def nodes_up() -> int:
                 ("idle", "mixed", "allocated", "completing")})
 
 
+def job_processes(job: str, node: str | None = None) -> list[int]:
+    """Python processes of Slurm job `job` (on `node`): ranks, torchrun agents, submitit tasks."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = dict(item.split("=", 1) for item in (proc / "environ").read_text().split("\0") if "=" in item)
+            command = (proc / "cmdline").read_text().split("\0")
+        except (OSError, ValueError):  # gone meanwhile, or not text
+            continue
+        if environ.get("SLURM_JOB_ID") != job or "python" not in Path(command[0]).name:
+            continue
+        if node is None or environ.get("SLURMD_NODENAME") == node:
+            found.append(int(proc.name))
+    return found
+
+
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(cluster_up() is not None, reason=str(cluster_up()))]
 
 

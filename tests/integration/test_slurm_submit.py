@@ -1,4 +1,4 @@
-"""`kssgan submit train` on the real cluster: a job of 2 ranks (on 2 nodes where the cluster has
+"""`kssgan submit train gan` on the real cluster: a job of 2 ranks (on 2 nodes where the cluster has
 them) hits its time limit, checkpoints on Slurm's USR2, requeues itself, resumes from the checkpoint
 and finishes the full step count."""
 
@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import kssgan
+from helpers import TINY, kssgan
 from test_slurm_prep import cluster_up, nodes_up, wait_for_jobs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(cluster_up() is not None, reason=str(cluster_up()))]
@@ -31,20 +31,20 @@ def release_held(job: str) -> bool:
     return False
 
 
-def submit(tmp_path: Path, out: Path, demo_data: Path) -> subprocess.CompletedProcess:
+def submit(tmp_path: Path, out: Path, demo_data: Path, siamese_run: Path, clusters: Path) -> subprocess.CompletedProcess:
     layout = ["--nodes", "2", "--tasks-per-node", "1"] if nodes_up() >= 2 else ["--tasks-per-node", "2"]
-    return kssgan("submit", "train", "siamese", "--folder", str(tmp_path / "submitit"), "--time-min", "2",
+    return kssgan("submit", "train", "gan", "--folder", str(tmp_path / "submitit"), "--time-min", "2",
                   "--signal-delay-s", "60", *layout, "--cpus-per-task", "1", "--max-requeues", "6",
-                  f"data={demo_data}", f"out={out}", f"steps={STEPS}", "identities_per_batch=4", "images_per_identity=2", "eval_every=100000",
-                  "checkpoint_every=100000", "log_every=50", "model.resolution=32", "model.siamese_width=8",
-                  "model.max_width=32", "workers=0", check=True)
+                  f"data={demo_data}", f"siamese={siamese_run}", f"clusters={clusters}", f"out={out}",
+                  f"steps={STEPS}", "batch_size=4", "image_every=100000", "select_split=null",
+                  "checkpoint_every=100000", "log_every=50", *TINY, check=True)
 
 
-def test_time_limit_requeue_resumes_to_full_step_count(demo_data: Path, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_time_limit_requeue_resumes_to_full_step_count(demo_data: Path, siamese_run: Path, clusters: Path,
+                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
     monkeypatch.setenv("KSSGAN_TEST_HOLD_AT_STEP", str(HOLD_AT))  # sbatch exports it to the job
-    proc = submit(tmp_path, out, demo_data)
+    proc = submit(tmp_path, out, demo_data, siamese_run, clusters)
     job = re.search(r"as job (\d+)", proc.stdout).group(1)
     assert str(out / "tensorboard") in proc.stdout and f"{job}_0_log.out" in proc.stdout
     held, deadline = 0, time.monotonic() + 420
@@ -53,7 +53,7 @@ def test_time_limit_requeue_resumes_to_full_step_count(demo_data: Path, tmp_path
         held += release_held(job)
         time.sleep(1)
     states = wait_for_jobs([job], records=1, timeout=60)
-    log = (out / "siamese.log").read_text()
+    log = (out / "gan.log").read_text()
     assert states == {job: "COMPLETED"}, log[-3000:]
     assert held >= 1 and "requeueing through submitit" in log, log[-3000:]
     resumed = [int(s) for s in re.findall(r"resumed from .*step-0*(\d+)", log)]

@@ -1,5 +1,6 @@
 """Sweeps on the real cluster: every trial a Slurm job. The driver as an sbatch job with one trial
-scancelled; the driver SIGKILLed mid-sweep and resumed without rerunning a finished trial."""
+scancelled, its one-node trials spread over both nodes; the driver job SIGKILLed mid-sweep while its
+two-node trials run, then requeued: it resumes without rerunning or resubmitting any trial."""
 
 import csv
 import json
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from test_slurm_prep import REPO, cluster_up, wait_for_jobs
+from test_slurm_prep import REPO, cluster_up, job_processes, nodes_up, wait_for_jobs
+from test_slurm_submit import release_held
 
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(cluster_up() is not None, reason=str(cluster_up()))]
 
@@ -41,14 +43,23 @@ def sacct_jobs(name: str) -> list[str]:
     return out.split()
 
 
+def job_nodes(job: str) -> str:
+    return subprocess.run(["sacct", "-n", "-X", "-P", "-o", "NodeList", "-j", job], capture_output=True, text=True,
+                          timeout=30).stdout.split()[-1]
+
+
+def submit_driver(path: Path, tmp_path: Path) -> str:
+    env = {**os.environ, "SWEEP_CONFIG": str(path), "VENV": sys.prefix}
+    return subprocess.run(["sbatch", "--parsable", f"--chdir={REPO}", f"--output={tmp_path}/driver-%j.out",
+                           "slurm/sweep_driver.sbatch"], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=60, check=True).stdout.strip().split(";")[0]
+
+
 def test_driver_job_with_a_cancelled_trial(sweep_file, tmp_path: Path) -> None:
     path = sweep_file(name=f"cancel{os.getpid()}", budget=8, num_workers=4, trial=TRIAL, trial_overrides=BUDGET,
                       poll_s=1.0)
     out = tmp_path / "sweep"
-    env = {**os.environ, "SWEEP_CONFIG": str(path), "VENV": sys.prefix}
-    driver = subprocess.run(["sbatch", "--parsable", f"--chdir={REPO}", f"--output={tmp_path}/driver-%j.out",
-                             "slurm/sweep_driver.sbatch"], env=env, cwd=REPO, capture_output=True, text=True,
-                            timeout=60, check=True).stdout.strip().split(";")[0]
+    driver = submit_driver(path, tmp_path)
     wait_until(lambda: sum(t["status"] == "running" and t["job_id"] is not None for t in trials(out)) == 4, 120,
                "4 trials in flight")
     # The newest trial in flight, once its training has started: it has the longest still to run.
@@ -67,26 +78,37 @@ def test_driver_job_with_a_cancelled_trial(sweep_file, tmp_path: Path) -> None:
     # Each trial was its own Slurm job, and no more than the budget were submitted.
     assert sorted(r["job_id"] for r in rows.values()) == sorted(
         j for j in sacct_jobs(",".join(f"cancel{os.getpid()}-t{i:03d}" for i in range(8))))
+    if nodes_up() >= 2:  # one-node trials spread over both nodes
+        assert {job_nodes(r["job_id"]) for r in rows.values()} == {"n1", "n2"}
 
 
 def test_driver_killed_and_resumed_reruns_no_finished_trial(sweep_file, tmp_path: Path) -> None:
-    name = f"resume{os.getpid()}"
-    path = sweep_file(name=name, budget=8, num_workers=4, trial=TRIAL, trial_overrides=BUDGET, poll_s=1.0)
+    """The driver is a Slurm job on one node; its trials span two nodes (where the cluster has them)."""
+    name, nodes = f"resume{os.getpid()}", min(nodes_up(), 2)
+    trial = {**TRIAL, "nodes": nodes, "tasks_per_node": 1}
+    path = sweep_file(name=name, budget=8, num_workers=4, trial=trial, trial_overrides=BUDGET, poll_s=1.0)
     out = tmp_path / "sweep"
-    command = [sys.executable, "-m", "kssgan_hpc.cli.main", "sweep", "--config", str(path)]
-    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_until(lambda: sum(t["status"] == "completed" for t in trials(out)) >= 2
-                   and any(t["status"] == "running" for t in trials(out)), 240, "2 trials done, others in flight")
-    finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.communicate(timeout=30)
+    driver = submit_driver(path, tmp_path)
+    wait_until(lambda: sum(t["status"] == "completed" for t in trials(out)) >= 2
+               and any(t["status"] == "running" for t in trials(out)), 300, "2 trials done, others in flight")
+    killed = job_processes(driver)
+    assert killed, f"no process of driver job {driver}"
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    assert wait_for_jobs([driver], records=1, timeout=120) == {driver: "FAILED"}
     before = {t["trial"]: t for t in trials(out)}
     done_before = {i: t["job_id"] for i, t in before.items() if t["status"] == "completed"}
     in_flight = {i: t["job_id"] for i, t in before.items() if t["status"] == "running"}
     assert done_before and in_flight
-    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=400)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    # Resumed as a user would: requeue the driver job (its script always passes --resume).
+    subprocess.run(["scontrol", "requeue", driver], timeout=30, check=True)
+    deadline = time.monotonic() + 600
+    while subprocess.run(["squeue", "-h", "-j", driver], capture_output=True, text=True, timeout=30).stdout.strip():
+        assert time.monotonic() < deadline, "driver still queued after 600 s"
+        release_held(driver)
+        time.sleep(1)
+    log = (tmp_path / f"driver-{driver}.out").read_text()
+    assert wait_for_jobs([driver], records=1, timeout=120) == {driver: "COMPLETED"}, log[-3000:]
     after = {t["trial"]: t for t in trials(out)}
     assert sorted(after) == list(range(8)) and all(t["status"] == "completed" for t in after.values())
     # Finished trials kept their jobs and results; trials in flight were re-attached, not resubmitted.
@@ -96,11 +118,14 @@ def test_driver_killed_and_resumed_reruns_no_finished_trial(sweep_file, tmp_path
     assert all(t["submissions"] == 1 for t in after.values())
     submitted = sacct_jobs(",".join(f"{name}-t{i:03d}" for i in range(8)))
     assert sorted(submitted) == sorted(t["job_id"] for t in after.values())  # 8 jobs, none twice
-    # No trial's run started over: its logged steps never go back.
     for trial in after.values():
-        steps = [json.loads(line)["step"] for line in
-                 (out / "trials" / f"trial-{trial['trial']:04d}" / "metrics.jsonl").read_text().splitlines()]
+        run = out / "trials" / f"trial-{trial['trial']:04d}"
+        # No trial's run started over: its logged steps never go back.
+        steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert steps == sorted(steps), (trial["trial"], steps)
+        assert json.loads((run / "run.json").read_text())["world_size"] == nodes
+        if nodes == 2:
+            assert job_nodes(trial["job_id"]) == "n[1-2]", trial
 
 
 def test_a_job_submitted_but_not_recorded_is_found_by_its_name(tmp_path: Path) -> None:

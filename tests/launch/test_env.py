@@ -28,6 +28,10 @@ def test_slurm_tasks() -> None:
     assert (env.rank, env.local_rank, env.world_size, env.master_addr, env.source) == (5, 1, 8, "gpu07", "slurm")
     other_job = distributed_env({**SLURM, "SLURM_JOB_ID": "123457"})
     assert env.master_port != other_job.master_port  # jobs sharing a node do not collide
+    # A requeued job, or the next step of one, does not meet its predecessor's socket (TIME_WAIT).
+    requeued = distributed_env({**SLURM, "SLURM_RESTART_COUNT": "1"}).master_port
+    next_step = distributed_env({**SLURM, "SLURM_STEP_ID": "1"}).master_port
+    assert len({env.master_port, requeued, other_job.master_port}) == 3 and next_step == requeued
     assert env.backend(cuda=False) == "gloo" and env.backend(cuda=True) == "nccl"
 
 
