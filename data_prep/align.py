@@ -113,13 +113,24 @@ def warp_quad(rgb: np.ndarray, quad: np.ndarray, size: int, landmarks: np.ndarra
     return AlignedFace(image=np.ascontiguousarray(out), landmarks=points, quad=quad.astype(np.float32))
 
 
+BLUR_SIGMA_PER_DOWNSAMPLE = 4.0
+"""The padding's blur runs at 1/f of the resolution, f = sigma // this (f <= 1 below 400 px: exact)."""
+
+
 def _fade_padding(image: np.ndarray, inside: np.ndarray, size: int) -> np.ndarray:
     """Blend reflected padding towards a heavy blur with distance from the source edge (as FFHQ does)."""
     distance = cv2.distanceTransform((inside == 0).astype(np.uint8), cv2.DIST_L2, 3)
-    weight = np.clip(distance / (0.1 * size), 0.0, 1.0)[:, :, None]
+    weight = np.clip(distance / (0.1 * size), 0.0, 1.0)
     sigma = max(size * 0.02, 1.0)
-    blurred = cv2.GaussianBlur(image, (0, 0), sigma)
-    return (image * (1 - weight) + blurred * weight).round().astype(np.uint8)
+    factor = int(sigma // BLUR_SIGMA_PER_DOWNSAMPLE)
+    if factor <= 1:
+        blurred = cv2.GaussianBlur(image, (0, 0), sigma)
+        return (image * (1 - weight[:, :, None]) + blurred * weight[:, :, None]).round().astype(np.uint8)
+    # A blur this wide loses nothing at 1/factor of the resolution and costs 1/factor^2 there; at
+    # 1024 px the full-size blur and a float64 blend were 2/3 of prep's time.
+    small = cv2.resize(image, (size // factor, size // factor), interpolation=cv2.INTER_AREA)
+    blurred = cv2.resize(cv2.GaussianBlur(small, (0, 0), sigma / factor), (size, size), interpolation=cv2.INTER_LINEAR)
+    return cv2.blendLinear(blurred, image, weight, 1 - weight)
 
 
 def align_face(
