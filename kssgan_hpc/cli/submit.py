@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
     from kssgan_hpc.launch.submit import TrainTask, make_executor
 
     executor = make_executor(job)
-    submitted = executor.submit(TrainTask(args.stage, config, threads=job.cpus_per_task,
-                                                 max_restarts=job.max_restarts))
+    task = TrainTask(args.stage, config, threads=job.cpus_per_task, max_restarts=job.max_restarts)
+    submitted = executor.submit(task)
     print(f"submitted {args.stage} training as job {submitted.job_id} "
           f"({job.executor}: {job.nodes} node(s) x {job.tasks_per_node} task(s))")
     print(f"  logs:        {submitted.paths.stdout}  {submitted.paths.stderr}")
