@@ -5,6 +5,7 @@ problem (exit 2 for bad input), never a traceback, and must leave what was on di
 """
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -70,6 +71,22 @@ def test_a_shard_with_flipped_bytes_is_refused_by_every_stage(data_copy: Path, s
     shard.write_bytes(shard.read_bytes()[:-10])
     with pytest.raises(ShardError, match="val-00000.h5: .* bytes, the manifest says"):
         verify_dataset(data_copy, "quick")
+
+
+def test_a_rerun_hashes_only_the_shards_that_changed(data_copy: Path, tmp_path: Path) -> None:
+    """A requeued run does not hash an unchanged dataset again (600 GB: 10+ minutes per requeue), and
+    a shard altered since, even with its mtime put back, is hashed and refused."""
+    args = ["train", "siamese", f"data={data_copy}", f"out={tmp_path / 's'}", *TINY]
+    shards = len(load_manifest(data_copy)["shards"])
+    first = kssgan(*args, "steps=2", check=True)
+    assert f"{shards} shard(s) hashed, 0 unchanged" in first.stderr, first.stderr[-2000:]
+    again = kssgan(*args, "steps=4", check=True)
+    assert f"0 shard(s) hashed, {shards} unchanged" in again.stderr, again.stderr[-2000:]
+    shard = data_copy / "train-00000.h5"
+    mtime = shard.stat().st_mtime_ns
+    flip_image_bytes(shard)
+    os.utime(shard, ns=(mtime, mtime))  # the ctime still changed: that shows
+    refused(kssgan(*args, "steps=6"), "train-00000.h5", "checksum mismatch")
 
 
 def test_a_manifest_cannot_point_outside_its_folder(data_copy: Path) -> None:

@@ -92,7 +92,8 @@ class LoopConfig:
     """Prepped dataset folder (holds manifest.json)."""
     verify: Literal["full", "quick"] = "full"
     """Check of the dataset before training: full = every shard's sha256 (on rank 0, while the models are
-    built); quick = sizes and HDF5 structure only, for datasets so large that hashing costs too much."""
+    built; a resumed or requeued run hashes only shards whose files changed since its last start);
+    quick = sizes and HDF5 structure only."""
     out: str = "runs/demo/run"
     """Run folder: checkpoints/, tensorboard/, metrics.jsonl, resolved_config.yaml."""
     steps: int = 200

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import socket
@@ -37,6 +38,8 @@ import h5py
 import numpy as np
 
 from kssgan_hpc.errors import InputError
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -349,20 +352,53 @@ def check_shard(root: Path, shard: dict[str, Any], manifest: dict[str, Any], *, 
     return None
 
 
-def verify_dataset(path: str | Path, mode: str = "full", *, workers: int = 8) -> dict[str, Any]:
+def file_identity(path: Path) -> list[int]:
+    """What changes whenever a file's bytes may have: device, inode, size, mtime and ctime (ns). ctime
+    cannot be set back by a user, so an edit that restores the mtime still shows."""
+    st = path.stat()
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def verify_dataset(path: str | Path, mode: str = "full", *, workers: int = 8,
+                   hashed: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load the manifest and check every shard (see VERIFY_MODES) with `workers` threads (hashing and
-    reading release the GIL); raises ShardError listing every bad shard. Returns the manifest."""
+    reading release the GIL); raises ShardError listing every bad shard. Returns the manifest.
+
+    `hashed` (mode full): shards already hashed, {name: {"sha256", "file": file_identity}}, e.g. by
+    the same run before a requeue. A shard whose file is unchanged since and whose manifest digest is
+    the one hashed gets the quick check only; on success the dict holds every shard, for the next time."""
     if mode not in VERIFY_MODES:
         raise ShardError(f"verify={mode!r} is invalid; use one of {VERIFY_MODES}")
     file = manifest_path(path)
     manifest = load_manifest(file)
     shards = manifest["shards"]
+    known = hashed if hashed is not None else {}
+
+    def check(shard: dict[str, Any]) -> tuple[str | None, list[int] | None, bool]:
+        """(problem, the file's identity before it was read, whether it was hashed before)."""
+        try:
+            identity = file_identity(file.parent / shard["name"])
+        except OSError:
+            identity = None
+        seen = known.get(shard["name"])
+        unchanged = (identity is not None and isinstance(seen, dict) and seen.get("sha256") == shard["sha256"]
+                     and seen.get("file") == identity)
+        return check_shard(file.parent, shard, manifest, full=mode == "full" and not unchanged), identity, unchanged
+
     with ThreadPoolExecutor(max(1, min(workers, len(shards)))) as pool:
-        problems = [p for p in pool.map(lambda s: check_shard(file.parent, s, manifest, full=mode == "full"), shards)
-                    if p is not None]
+        results = list(pool.map(check, shards))
+    problems = [problem for problem, _, _ in results if problem is not None]
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ShardError(f"{file}: {len(problems)} bad shard(s): " + "; ".join(problems[:5]) + more)
+    if mode == "full" and hashed is not None:
+        skipped = sum(unchanged for _, _, unchanged in results)
+        log.info("%s: %d shard(s) hashed, %d unchanged since they were hashed", file.parent,
+                 len(shards) - skipped, skipped)
+        # The identity from before the read: a file changed while it was hashed is hashed again next time.
+        hashed.clear()
+        hashed.update({shard["name"]: {"sha256": shard["sha256"], "file": identity}
+                       for shard, (_, identity, _) in zip(shards, results)})
     return manifest
 
 

@@ -54,6 +54,9 @@ EXIT_PREEMPTED = 75
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 """Checkpoint and stop at the next step boundary. USR2 is what submitit asks Slurm to send before a
 time limit (`--signal=USR2@delay`); USR1 and TERM what sbatch scripts and preemption send."""
+HASHED_NAME = "hashed-shards.json"
+"""In the run folder: the dataset's shards this run hashed, with their files' identities (see
+shards.verify_dataset), so a requeued run does not hash an unchanged 600 GB again."""
 EXIT_DIVERGED = 65
 """Exit code when the fp16 loss scale collapsed: a checkpoint is written, the run needs attention."""
 
@@ -151,7 +154,10 @@ class Run:
         setup_logging(rank=self.engine.rank)
         self.tb: SummaryWriter | None = None
         self._checker = ThreadPoolExecutor(1, thread_name_prefix="verify") if self.engine.is_main else None
-        self._verified = self._checker.submit(verify_dataset, cfg.data, cfg.verify) if self._checker else None
+        # Shards this run hashed before (a requeue): unchanged files are not hashed again.
+        self._hashed = _read_hashed(self.out / HASHED_NAME) if self._checker else {}
+        self._verified = (self._checker.submit(verify_dataset, cfg.data, cfg.verify, hashed=self._hashed)
+                          if self._checker else None)
         self._stop_signal: str | None = None
         # Test hook: KSSGAN_INJECT_NAN="<step>,<rank>" makes that rank's losses NaN at that step.
         inject = os.environ.get("KSSGAN_INJECT_NAN")
@@ -184,6 +190,8 @@ class Run:
         setup_logging(self.out / f"{self.stage}.log" if self.engine.is_main else None, rank=self.engine.rank)
         if self.engine.is_main:
             self._write_run_record()
+            if self.cfg.verify == "full":
+                atomic_write_text(self.out / HASHED_NAME, json.dumps(self._hashed) + "\n")
 
     # ------------------------------------------------------------------ records
     def _write_run_record(self) -> None:
@@ -398,6 +406,18 @@ def checkpoint_with_config(run_dir: str | Path, cls: type, stage: str) -> tuple[
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise CheckpointError(f"{config}: unreadable checkpoint config: {err}") from None
     return path, from_dict(cls, values if isinstance(values, dict) else {"": values}, str(config))
+
+
+def _read_hashed(path: Path) -> dict[str, Any]:
+    """The run's record of hashed shards; none (everything is hashed) when absent or unreadable."""
+    try:
+        hashed = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        log.warning("%s: unreadable (%s); hashing every shard", path, err)
+        return {}
+    return hashed if isinstance(hashed, dict) else {}
 
 
 def _logged_step(line: str) -> float:
