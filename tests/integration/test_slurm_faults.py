@@ -22,8 +22,7 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from test_slurm_prep import REPO, cluster_up, job_processes, nodes_up, wait_for_jobs
-from test_slurm_submit import release_held
+from test_slurm_prep import REPO, cluster_up, job_processes, nodes_up, wait_for_jobs, wait_out_of_queue
 
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(cluster_up() is not None, reason=str(cluster_up())),
               pytest.mark.skipif(nodes_up() < 2, reason="needs a 2-node cluster (scripts/slurm_cluster.sh start 2)")]
@@ -85,13 +84,7 @@ def test_a_node_dies_and_the_run_comes_back_with_nothing_lost_or_repeated(demo_d
             os.kill(pid, 9)
 
     # A requeued job waits 2 minutes (BeginTime) before it may start: start it now.
-    deadline = time.monotonic() + 900
-    while subprocess.run(["squeue", "-h", "-j", ",".join(jobs.values())], capture_output=True, text=True,
-                         timeout=30).stdout.strip():
-        assert time.monotonic() < deadline, "jobs still queued after 900 s"
-        for job in jobs.values():
-            release_held(job)
-        time.sleep(1)
+    wait_out_of_queue(list(jobs.values()), timeout=900)
     states = wait_for_jobs(list(jobs.values()), records=3, timeout=120)
     logs = {name: "\n".join(p.read_text() for p in tmp_path.glob(f"{name}-*.out")) for name in ("reference", "sbatch")}
     assert set(states.values()) == {"COMPLETED"}, (states, logs["sbatch"][-3000:])

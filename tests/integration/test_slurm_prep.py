@@ -37,6 +37,28 @@ def nodes_up() -> int:
                 ("idle", "mixed", "allocated", "completing")})
 
 
+def release_held(job: str) -> bool:
+    """Slurm holds a requeued job for 121 s (BeginTime); start it now. True when it was held."""
+    reason = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True,
+                            timeout=30).stdout.split()
+    if reason[:2] == ["PENDING", "BeginTime"]:
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], timeout=30, check=True)
+        return True
+    return False
+
+
+def wait_out_of_queue(jobs: list[str], timeout: float) -> int:
+    """Wait until the jobs left the queue, starting each requeued job that Slurm holds at once (bounded:
+    fails after `timeout` s). Returns how many holds were released."""
+    held, deadline = 0, time.monotonic() + timeout
+    while subprocess.run(["squeue", "-h", "-j", ",".join(jobs)], capture_output=True, text=True,
+                         timeout=30).stdout.strip():
+        assert time.monotonic() < deadline, f"jobs {jobs} still queued after {timeout} s"
+        held += sum(release_held(job) for job in jobs)
+        time.sleep(1)
+    return held
+
+
 def job_processes(job: str, node: str | None = None) -> list[int]:
     """Python processes of Slurm job `job` (on `node`): ranks, torchrun agents, submitit tasks."""
     found = []

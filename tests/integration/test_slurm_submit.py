@@ -5,12 +5,11 @@ and finishes the full step count."""
 import json
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from helpers import TINY, kssgan
-from test_slurm_prep import cluster_up, nodes_up, wait_for_jobs
+from test_slurm_prep import cluster_up, nodes_up, wait_for_jobs, wait_out_of_queue
 
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(cluster_up() is not None, reason=str(cluster_up()))]
 
@@ -19,16 +18,6 @@ HOLD_AT = 100
 """The first run waits at step HOLD_AT for Slurm's USR2 (45-60 s into its 2-minute limit), so at
 least one requeue happens on a machine of any speed; on a slow one USR2 may come earlier, which is
 as good."""
-
-
-def release_held(job: str) -> bool:
-    """Slurm holds a requeued job for 121 s (BeginTime); start it now. True when it was held."""
-    reason = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True,
-                            timeout=30).stdout.split()
-    if reason[:2] == ["PENDING", "BeginTime"]:
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], timeout=30, check=True)
-        return True
-    return False
 
 
 def submit(tmp_path: Path, out: Path, demo_data: Path, siamese_run: Path, clusters: Path) -> subprocess.CompletedProcess:
@@ -47,11 +36,7 @@ def test_time_limit_requeue_resumes_to_full_step_count(demo_data: Path, siamese_
     proc = submit(tmp_path, out, demo_data, siamese_run, clusters)
     job = re.search(r"as job (\d+)", proc.stdout).group(1)
     assert str(out / "tensorboard") in proc.stdout and f"{job}_0_log.out" in proc.stdout
-    held, deadline = 0, time.monotonic() + 420
-    while time.monotonic() < deadline and subprocess.run(["squeue", "-h", "-j", job], capture_output=True,
-                                                         text=True, timeout=30).stdout.strip():
-        held += release_held(job)
-        time.sleep(1)
+    held = wait_out_of_queue([job], timeout=420)
     states = wait_for_jobs([job], records=1, timeout=60)
     log = (out / "gan.log").read_text()
     assert states == {job: "COMPLETED"}, log[-3000:]

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from test_slurm_prep import REPO, cluster_up, job_processes, nodes_up, wait_for_jobs
-from test_slurm_submit import release_held
+from test_slurm_prep import REPO, cluster_up, job_processes, nodes_up, wait_for_jobs, wait_out_of_queue
 
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(cluster_up() is not None, reason=str(cluster_up()))]
 
@@ -102,11 +101,7 @@ def test_driver_killed_and_resumed_reruns_no_finished_trial(sweep_file, tmp_path
     assert done_before and in_flight
     # Resumed as a user would: requeue the driver job (its script always passes --resume).
     subprocess.run(["scontrol", "requeue", driver], timeout=30, check=True)
-    deadline = time.monotonic() + 600
-    while subprocess.run(["squeue", "-h", "-j", driver], capture_output=True, text=True, timeout=30).stdout.strip():
-        assert time.monotonic() < deadline, "driver still queued after 600 s"
-        release_held(driver)
-        time.sleep(1)
+    wait_out_of_queue([driver], timeout=600)
     log = (tmp_path / f"driver-{driver}.out").read_text()
     assert wait_for_jobs([driver], records=1, timeout=120) == {driver: "COMPLETED"}, log[-3000:]
     after = {t["trial"]: t for t in trials(out)}
