@@ -17,7 +17,6 @@ import json
 import logging
 import multiprocessing
 import os
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,15 +37,14 @@ from kssgan_hpc.data.shards import (
     SOURCES_NAME,
     SPLITS,
     ShardWriter,
-    atomic_write_json,
-    atomic_write_text,
     check_shard,
     sha256_file,
     shard_name,
-    stale_temp_files,
 )
 from kssgan_hpc.errors import InputError, RunFailure
+from kssgan_hpc.files import atomic_write_json, atomic_write_text, stale_temp_files
 from kssgan_hpc.folders import claim_folder
+from kssgan_hpc.testhooks import hold_prep_worker
 
 log = logging.getLogger(__name__)
 STATE_DIR = ".prep"
@@ -272,18 +270,6 @@ def _align_source(source: int) -> tuple[Any, list[str], str | None]:
         return None, [], f"unreadable: {err.strerror or err}"
 
 
-def _test_hold_point(state: Path) -> None:
-    """Test hook: with KSSGAN_TEST_PREP_GATE=<dir>, a worker about to finish a shard (once
-    KSSGAN_TEST_PREP_HOLD_AFTER shards are complete, default 0) touches <dir>/held-<pid> and waits for
-    <dir>/go, so a test can kill prep mid-shard on a machine of any speed."""
-    gate = os.environ.get("KSSGAN_TEST_PREP_GATE")
-    if not gate or len(list(state.glob("*.h5.json"))) < int(os.environ.get("KSSGAN_TEST_PREP_HOLD_AFTER", "0")):
-        return
-    Path(gate, f"held-{os.getpid()}").touch()
-    while not Path(gate, "go").exists():
-        time.sleep(0.05)
-
-
 def _pack_shard(shard: ShardPlan) -> dict[str, Any]:
     """Align every input of one shard and write it (temp file, rename), then its sidecar."""
     ctx = _context
@@ -317,7 +303,7 @@ def _pack_shard(shard: ShardPlan) -> dict[str, Any]:
                 source_sha256=plan.sha256[source].encode(),
                 source_index=source,
             )
-        _test_hold_point(ctx.state)
+        hold_prep_worker(ctx.state)  # a test hook; nothing unless a test sets it
         info = writer.close()
     sidecar = {**dataclasses.asdict(info), "index": shard.index, "skipped": skipped, "converted": converted}
     # Recorded only after the shard on disk reads back whole, with the planned count.

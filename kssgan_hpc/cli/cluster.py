@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kssgan_hpc.ksame.build import build_clusters
+    from kssgan_hpc.ksame.records import build_clusters
     from kssgan_hpc.logs import setup_logging
 
     cfg, code = resolve_config("cluster", ClusterConfig, args, "cluster")

@@ -15,6 +15,7 @@ from pathlib import Path
 from kssgan_hpc.cli.common import resolve_config
 from kssgan_hpc.config import dump_yaml, load_config, to_dict
 from kssgan_hpc.config.launch import JobConfig
+from kssgan_hpc.train.stages import TRAIN_STAGES
 
 RESOURCE_FLAGS = ("executor", "folder", "name", "nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task",
                   "mem_gb", "time_min", "partition", "account", "qos", "constraint", "signal_delay_s",
@@ -26,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="submit a training run to Slurm (submitit, checkpoint + requeue)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["train"])
-    p.add_argument("stage", choices=["siamese", "gan"])
+    p.add_argument("stage", choices=list(TRAIN_STAGES))
     p.add_argument("--config", help="YAML scenario file: its <stage> and slurm sections are used")
     p.add_argument("--dry-run", action="store_true", help="print the resolved job and stage configs and exit")
     p.add_argument("--wait", action="store_true", help="wait for the job (and its requeues) to end")
@@ -40,9 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kssgan_hpc.config.train import GanConfig, SiameseConfig
-
-    cfg, code = resolve_config("submit", {"siamese": SiameseConfig, "gan": GanConfig}[args.stage], args, args.stage)
+    cfg, code = resolve_config("submit", TRAIN_STAGES[args.stage], args, args.stage)
     if cfg is None and code != 0:
         return code
     flags = [f"{name}={getattr(args, 'job_' + name)}" for name in RESOURCE_FLAGS

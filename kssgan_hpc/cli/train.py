@@ -11,15 +11,13 @@ import argparse
 import sys
 
 from kssgan_hpc.cli.common import resolve_config
-from kssgan_hpc.config.train import GanConfig, SiameseConfig
-
-STAGES = {"siamese": SiameseConfig, "gan": GanConfig}
+from kssgan_hpc.train.stages import TRAIN_STAGES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the Siamese identity network or the GAN", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=list(STAGES))
+    p.add_argument("stage", choices=list(TRAIN_STAGES))
     p.add_argument("--config", help="YAML scenario file; its <stage> section is used")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. steps=500 engine.precision=bf16")
@@ -28,19 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kssgan_hpc.train.run import TrainingStopped
+    from kssgan_hpc.train.stages import train_stage
 
-    cfg, code = resolve_config("train", STAGES[args.stage], args, args.stage)
+    cfg, code = resolve_config("train", TRAIN_STAGES[args.stage], args, args.stage)
     if cfg is None:
         return code
     try:
-        if args.stage == "siamese":
-            from kssgan_hpc.train.siamese import train_siamese
-
-            out = train_siamese(cfg)
-        else:
-            from kssgan_hpc.train.gan import train_gan
-
-            out = train_gan(cfg)
+        out = train_stage(args.stage, cfg)
     except TrainingStopped as stop:
         print(f"kssgan train: {stop}", file=sys.stderr)
         return stop.exit_code

@@ -8,7 +8,7 @@ from typing import Literal
 from kssgan_hpc.config.core import ConfigError
 
 ATTACKERS = ("siamese", "dlib", "sface", "lowpass8", "lowpass16", "eigenfaces", "parrot")
-"""Re-identification attackers (kssgan_hpc/evaluate/attackers.py); each has a gallery of originals."""
+"""Re-identification attackers (kssgan_hpc/attack/attackers.py); each has a gallery of originals."""
 
 
 @dataclass(kw_only=True)

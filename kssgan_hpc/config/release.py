@@ -10,7 +10,7 @@ from kssgan_hpc.config.gate import ATTACKERS, GateConfig
 from kssgan_hpc.config.train import DuplicateConfig
 
 RECOGNIZERS = ("siamese", "dlib", "sface")
-"""The face recognizers among the attackers (kssgan_hpc/evaluate/recognizers.py)."""
+"""The face recognizers among the attackers (kssgan_hpc/attack/recognizers.py)."""
 
 
 def check_device(device: str) -> None:
@@ -82,7 +82,7 @@ class EvaluateConfig:
     out: str = "runs/demo/report"
     ks: list[int] = field(default_factory=lambda: [2, 4, 8])
     attackers: list[str] = field(default_factory=lambda: list(ATTACKERS))
-    """Re-identification attackers, each with a gallery of original faces (evaluate/attackers.py)."""
+    """Re-identification attackers, each with a gallery of original faces (attack/attackers.py)."""
     tolerance: float = 0.05
     """A k-method is within bound when its worst attacker's rank-1 is <= 1/k + tolerance."""
     gallery_per_identity: int = 5

@@ -43,7 +43,7 @@ class ObjectiveConfig:
 
     name: Literal["gan_validation", "report"] = "gan_validation"
     """gan_validation: w_identity * (1 - cos to surrogate) + w_leak * (source similarity beyond margin)
-    + w_realism * KID in the Siamese's space, on a held-out split (kssgan_hpc/train/validate.py).
+    + w_realism * KID in the Siamese's space, on a held-out split (kssgan_hpc/evaluate/validation.py).
     report: the evaluation report of the trial's generator on `split` (kssgan_hpc/evaluate):
     w_privacy * mean over ks of max(0, worst attacker's rank-1 - 1/k) + w_utility * (1 - SSIM)
     + w_realism * KID in SFace's space, on the held-out people of `split`."""

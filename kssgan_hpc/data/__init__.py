@@ -1,4 +1,5 @@
-"""The shard format (shards.py), the reader Dataset (dataset.py) and samplers (samplers.py).
+"""The shard format (shards.py), the reader Dataset (dataset.py), samplers (samplers.py) and the pixel
+conventions between shards, networks and measures (pixels.py).
 
 The torch-based reader and samplers are imported lazily so that data prep, which forks
 worker processes, never imports torch.

@@ -150,3 +150,8 @@ class FaceShards(Dataset):
                 f.close()
             except Exception:  # interpreter shutdown: h5py may already be gone
                 pass
+
+
+def read_images(data: FaceShards, indices: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, C] numpy images of a split, in the order of `indices` (for measures and attackers)."""
+    return data.__getitems__(np.asarray(indices).tolist()).images.permute(0, 2, 3, 1).numpy().copy()

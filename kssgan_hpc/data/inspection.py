@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from kssgan_hpc.data.shards import SPLITS, check_shard, load_manifest, open_shard
+from kssgan_hpc.files import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -88,5 +89,6 @@ def write_contact_sheet(report: InspectReport, path: str | Path, *, identities: 
             sheet.paste(face.resize((tile, tile), Image.BILINEAR), (label_width + c * tile, r * tile))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    with atomic_output(path) as tmp:
+        sheet.save(tmp)
     return path

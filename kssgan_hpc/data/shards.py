@@ -27,8 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ import h5py
 import numpy as np
 
 from kssgan_hpc.errors import InputError
+from kssgan_hpc.files import fsync_file, temp_path
 
 log = logging.getLogger(__name__)
 
@@ -77,55 +76,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def temp_path(path: str | Path) -> Path:
-    """A temp name beside `path`, unique to this writer: `.{name}.tmp-{host}-{pid}-{random}`. Two writers of
-    one file (array tasks on two nodes, an orphaned worker and a rerun) never share a temp file."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}")
-
-
-def stale_temp_files(path: str | Path) -> list[Path]:
-    """Temp files of `path` whose writer is gone: written on this host by a process that no longer runs
-    (those of live writers, or of other hosts, are left alone)."""
-    path = Path(path)
-    host = socket.gethostname()
-    stale = []
-    for tmp in path.parent.glob(f".{path.name}.tmp*"):
-        parts = tmp.name.rsplit(".tmp", 1)[1].lstrip("-").rsplit("-", 2)
-        if len(parts) != 3:
-            stale.append(tmp)  # an older writer's name: no owner to ask
-            continue
-        tmp_host, pid, _ = parts
-        if tmp_host == host and pid.isdigit() and not _alive(int(pid)):
-            stale.append(tmp)
-    return stale
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temp file in the same folder, fsync, rename: readers see old or new, never half."""
-    path = Path(path)
-    tmp = temp_path(path)
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
 @dataclass
@@ -213,8 +163,7 @@ class ShardWriter:
         attrs = attrs.astype(np.int8).reshape(self.count, self.num_attributes)
         self._file.create_dataset("attributes", data=attrs, track_times=False)
         self._file.close()
-        with open(self.tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        fsync_file(self.tmp)
         digest = sha256_file(self.tmp)
         size = self.tmp.stat().st_size
         os.replace(self.tmp, self.path)

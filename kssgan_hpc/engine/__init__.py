@@ -1,5 +1,5 @@
 """One small engine interface over Accelerate and DeepSpeed (see base.Engine)."""
 
-from kssgan_hpc.engine.base import Engine, EngineError, all_reduce, barrier, build_engine
+from kssgan_hpc.engine.base import Engine, EngineError, build_engine
 
-__all__ = ["Engine", "EngineError", "all_reduce", "barrier", "build_engine"]
+__all__ = ["Engine", "EngineError", "build_engine"]

@@ -16,8 +16,10 @@ from accelerate.utils import GradScalerKwargs
 from safetensors.torch import save_file
 from torch import nn
 
+from kssgan_hpc.checkpoints import optimizer_file, scaler_file, weights_file
 from kssgan_hpc.config.train import EngineConfig
-from kssgan_hpc.engine.base import MicroBatchCounter, barrier, grad_norm, zero_loss
+from kssgan_hpc.distributed import barrier
+from kssgan_hpc.engine.base import MicroBatchCounter, grad_norm, zero_loss
 from kssgan_hpc.weights import CheckpointError, load_weights_into, read_state
 
 MIXED = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}
@@ -121,25 +123,24 @@ class AccelerateEngine:
         if self.is_main:
             for name in self._models:
                 state = {k: v.detach().contiguous() for k, v in self.unwrap(name).state_dict().items()}
-                save_file(state, directory / f"{name}.safetensors")
-                torch.save(self._optimizers[name].state_dict(), directory / f"{name}-optimizer.pt")
+                save_file(state, weights_file(directory, name))
+                torch.save(self._optimizers[name].state_dict(), optimizer_file(directory, name))
             scaler = self._scaler or self.accelerator.scaler
             if scaler is not None:
-                torch.save(scaler.state_dict(), directory / "grad-scaler.pt")
+                torch.save(scaler.state_dict(), scaler_file(directory))
         barrier()
 
     def load(self, directory: Path) -> None:
         for name in self._models:
-            load_weights_into(self.unwrap(name), directory / f"{name}.safetensors")
-            state = read_state(directory / f"{name}-optimizer.pt")
+            load_weights_into(self.unwrap(name), weights_file(directory, name))
+            path = optimizer_file(directory, name)
             try:
-                self._optimizers[name].load_state_dict(state)
+                self._optimizers[name].load_state_dict(read_state(path))
             except (KeyError, ValueError, TypeError) as err:
-                raise CheckpointError(f"{directory / f'{name}-optimizer.pt'}: optimizer state of another model: "
-                                      f"{err}") from None
+                raise CheckpointError(f"{path}: optimizer state of another model: {err}") from None
         scaler = self._scaler or self.accelerator.scaler
-        if scaler is not None and (directory / "grad-scaler.pt").is_file():
-            scaler.load_state_dict(read_state(directory / "grad-scaler.pt"))
+        if scaler is not None and scaler_file(directory).is_file():
+            scaler.load_state_dict(read_state(scaler_file(directory)))
 
     def close(self) -> None:
         self.accelerator.end_training()

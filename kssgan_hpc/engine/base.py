@@ -11,17 +11,15 @@ Only engine/accelerate_engine.py and engine/deepspeed_engine.py import their bac
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from pathlib import Path
 from typing import Protocol
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from kssgan_hpc.config.train import EngineConfig
+from kssgan_hpc.distributed import apply_distributed_env
 from kssgan_hpc.errors import InputError
-from kssgan_hpc.launch import apply_distributed_env
 
 
 class EngineError(InputError):
@@ -104,37 +102,6 @@ class MicroBatchCounter:
 def zero_loss(module: nn.Module) -> torch.Tensor:
     """0 * every trainable parameter: a backward through it gives zero gradients but touches them all."""
     return torch.stack([p.reshape(-1)[0].float() for p in module.parameters() if p.requires_grad]).sum() * 0.0
-
-
-def all_reduce(values: dict[str, float], op: str = "mean", device: torch.device | None = None) -> dict[str, float]:
-    """Mean (or max/min/sum) of scalar metrics over all ranks; identity without a process group."""
-    if not values or not (dist.is_available() and dist.is_initialized()):
-        return dict(values)
-    keys = sorted(values)
-    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-    reduce_op = {"mean": dist.ReduceOp.SUM, "sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
-                 "min": dist.ReduceOp.MIN}[op]
-    dist.all_reduce(tensor, op=reduce_op)
-    if op == "mean":
-        tensor /= dist.get_world_size()
-    return dict(zip(keys, tensor.tolist()))
-
-
-def replicas_identical(module: nn.Module) -> bool:
-    """True when every rank holds bit-identical parameters and buffers (a silent desync check)."""
-    digest = hashlib.sha256()
-    for tensor in [*module.parameters(), *module.buffers()]:
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    if not (dist.is_available() and dist.is_initialized()):
-        return True
-    digests: list[str] = [""] * dist.get_world_size()
-    dist.all_gather_object(digests, digest.hexdigest())
-    return len(set(digests)) == 1
-
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def grad_norm(module: nn.Module) -> float:

@@ -20,8 +20,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from kssgan_hpc.checkpoints import optimizer_file, optimizer_rank_files, weights_file
 from kssgan_hpc.config.train import EngineConfig
-from kssgan_hpc.engine.base import EngineError, MicroBatchCounter, barrier, grad_norm, zero_loss
+from kssgan_hpc.distributed import barrier, choose_device
+from kssgan_hpc.engine.base import EngineError, MicroBatchCounter, grad_norm, zero_loss
 from kssgan_hpc.weights import CheckpointError, load_weights_into, read_state
 
 
@@ -65,7 +67,7 @@ class DeepSpeedEngine:
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        self.device = torch.device("cpu") if cpu else torch.device("cuda", self.local_rank)
+        self.device = choose_device("auto", self.local_rank)
         if not cpu:
             torch.cuda.set_device(self.device)
         self._engines: dict[str, deepspeed.DeepSpeedEngine] = {}
@@ -173,15 +175,15 @@ class DeepSpeedEngine:
         for name, engine in self._engines.items():
             if self.is_main:  # ZeRO 0..2 keep the full module on every rank
                 state = {k: v.detach().contiguous() for k, v in engine.module.state_dict().items()}
-                save_file(state, directory / f"{name}.safetensors")
+                save_file(state, weights_file(directory, name))
             # Optimizer state (fp32 master weights under bf16/fp16) is partitioned under ZeRO: one file per rank.
-            torch.save(engine.optimizer.state_dict(), directory / f"{name}-optimizer-rank{self.rank:05d}.pt")
+            torch.save(engine.optimizer.state_dict(), optimizer_file(directory, name, self.rank))
         barrier()
 
     def load(self, directory: Path) -> None:
         for name, engine in self._engines.items():
-            load_weights_into(engine.module, directory / f"{name}.safetensors")
-            paths = sorted(directory.glob(f"{name}-optimizer-rank*.pt"))
+            load_weights_into(engine.module, weights_file(directory, name))
+            paths = optimizer_rank_files(directory, name)
             if len(paths) != self.world_size:
                 raise CheckpointError(
                     f"{directory}: optimizer state of {len(paths)} ranks for '{name}', this run has "

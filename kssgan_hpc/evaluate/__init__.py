@@ -1,5 +1,4 @@
-"""Measures of a de-identified set: realism (KID) and, with the evaluation stage, re-identification."""
+"""`kssgan evaluate` (report.py) and the sweep's held-out validation (validation.py).
 
-from kssgan_hpc.evaluate.kid import kernel_inception_distance
-
-__all__ = ["kernel_inception_distance"]
+The attacks and measures they run are kssgan_hpc.attack's.
+"""

@@ -6,7 +6,7 @@ Siamese and G trained on: does G memorise its training sources?) and the **held-
 are the attacker's gallery and `probes_per_identity` other images are de-identified by every
 method — Gaussian blur, pixelation, and per k: k-Same-Pixel, k-Same-Aligned (the generator's base
 and the gate's fallback) and kSS-GAN, the population k-Same-clustered among itself as `kssgan
-anonymize` does — and attacked by every attacker (evaluate/attackers.py): rank-1 and CMC beside 1/k,
+anonymize` does — and attacked by every attacker (attack/attackers.py): rank-1 and CMC beside 1/k,
 a one-sided binomial p-value against 1/k, and the worst attacker. Per method also: faces detected
 (YuNet), landmark drift, SSIM, PSNR, expression accuracy and KID in SFace's space against real
 faces of the people outside the population.
@@ -29,20 +29,22 @@ import torch
 
 from kssgan_hpc import __version__
 from kssgan_hpc.artefacts import load_generator, load_siamese
+from kssgan_hpc.attack.attackers import make_attacker
+from kssgan_hpc.attack.kid import kernel_inception_distance
+from kssgan_hpc.attack.measures import landmark_drift, psnr, ssim
+from kssgan_hpc.attack.population import Population, attack_population, population_of
+from kssgan_hpc.attack.recognizers import SFaceRecognizer, YuNet, upscale
 from kssgan_hpc.config.release import EvaluateConfig
-from kssgan_hpc.data.dataset import FaceShards
-from kssgan_hpc.data.shards import SPLITS, atomic_write_json, verify_dataset
+from kssgan_hpc.data.dataset import FaceShards, read_images
+from kssgan_hpc.data.shards import SPLITS, verify_dataset
+from kssgan_hpc.distributed import choose_device
 from kssgan_hpc.errors import InputError
-from kssgan_hpc.evaluate.attackers import make_attacker
 from kssgan_hpc.evaluate.baselines import gaussian_blur, ksame_pixel, pixelate
-from kssgan_hpc.evaluate.kid import kernel_inception_distance
-from kssgan_hpc.evaluate.measures import landmark_drift, psnr, ssim
-from kssgan_hpc.evaluate.recognizers import SFaceRecognizer, YuNet, upscale
+from kssgan_hpc.files import atomic_output, atomic_write_json
 from kssgan_hpc.folders import claim_folder
 from kssgan_hpc.ksame.build import identity_statistics, ksame
+from kssgan_hpc.ksame.deidentify import deidentify
 from kssgan_hpc.release.checks import SourceSecrets, check_release_clusters, scan_release
-from kssgan_hpc.release.deidentify import deidentify
-from kssgan_hpc.release.gate import Population, attack_population, population_of, read_images
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,8 @@ def _contact_sheet(path: Path, rows: list[tuple[str, np.ndarray]], clusters: np.
                 sheet.paste(Image.fromarray(face).resize((cell, cell), Image.NEAREST), (x, 16 + r * cell))
                 x += cell
             x += gap
-    sheet.save(path)
+    with atomic_output(path) as tmp:
+        sheet.save(tmp)
 
 
 def _methods(pop: Population, cfg: EvaluateConfig, generator: torch.nn.Module, siamese: torch.nn.Module,
@@ -114,24 +117,24 @@ def _methods(pop: Population, cfg: EvaluateConfig, generator: torch.nn.Module, s
     anonymity: dict[str, Any] = {}
     stats = identity_statistics(siamese, pop.data, 64, device)  # one pass serves every k
     for k in cfg.ks:
-        population = ksame(stats, k, method=cfg.method, seed=cfg.seed)
-        clusters = population.clusters_of(pop.probe_ids)
-        cluster_of = {int(i): int(c) for i, c in zip(population.ids, population.clusters_of(population.ids))}
-        faces = population.pixel.transpose(0, 2, 3, 1)
+        clustering = ksame(stats, k, method=cfg.method, seed=cfg.seed)
+        clusters = clustering.clusters_of(pop.probe_ids)
+        cluster_of = {int(i): int(c) for i, c in zip(clustering.ids, clustering.clusters_of(clustering.ids))}
+        faces = clustering.pixel.transpose(0, 2, 3, 1)
         methods[f"ksame_pixel@{k}"] = {"probes": ksame_pixel(pop.probe_ids, cluster_of, faces),
                                        "gallery": ksame_pixel(pop.gallery.identities, cluster_of, faces)}
         for method in ("ksame_aligned", "kssgan"):
             # Probe and gallery images draw different z (keys): the attacker cannot replay the noise.
-            run = {part: deidentify(method, population, pop.cues(rows), generator=generator, seed=cfg.seed + k,
+            run = {part: deidentify(method, clustering, pop.cues(rows), generator=generator, seed=cfg.seed + k,
                                     keys=rows, device=device)
                    for part, rows in (("probes", pop.probe_rows), ("gallery", pop.gallery_rows))}
             methods[f"{method}@{k}"] = run
         for name in ("ksame_pixel", "ksame_aligned", "kssgan"):
             methods[f"{name}@{k}"].update(k=k, clusters=clusters)
-        sizes = [len(g) for g in population.groups]
+        sizes = [len(g) for g in clustering.groups]
         anonymity[str(k)] = {"clusters": len(sizes), "min_identities_per_cluster": min(sizes),
                              "max_identities_per_cluster": max(sizes), "every_cluster_at_least_k": min(sizes) >= k,
-                             "merged_identities": population.duplicates.merged}
+                             "merged_identities": clustering.duplicates.merged}
     return methods, anonymity
 
 
@@ -174,8 +177,7 @@ def evaluate_population(pop: Population, reference: np.ndarray, cfg: EvaluateCon
 
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     tick = time.time()
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = choose_device(cfg.device)
     generator, gan_cfg, weights = load_generator(cfg.gan, device)
     verify_dataset(cfg.data, cfg.verify)
     siamese, _ = load_siamese(gan_cfg.siamese, device)

@@ -1,43 +1,30 @@
-"""`kssgan cluster`: frozen Siamese -> one embedding per identity -> k-Same clusters -> clusters.json.
+"""k-Same over one group of people: frozen Siamese -> one embedding per identity -> clusters of >= k people.
 
-Beside clusters.json: `<name>-faces.safetensors` with, per cluster, the k-Same-Pixel average face
-and the k-Same-Aligned template (members moved onto the mean landmark frame, then averaged), both
-k-anonymous by construction (so they may be shown in logs), and the mean frame itself.
-
-`KSame` is k-Same over one population (the training people, or one released split): clusters,
-surrogate embeddings, and the base faces the generator and the k-Same methods start from.
+`identity_statistics` reads a split once (embeddings, mean faces, landmarks); `ksame` clusters it
+for any k into a `KSame`: clusters, surrogate embeddings, and the base faces the generator and the
+k-Same methods start from. The people are the training split (`kssgan cluster`, records.py) or
+each released or attacked split, clustered among themselves.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
-from kssgan_hpc.artefacts import cluster_faces_path, load_cluster_faces, load_clusters, load_siamese
-from kssgan_hpc.config.train import ClusterConfig, DuplicateConfig
+from kssgan_hpc.config.train import DuplicateConfig
 from kssgan_hpc.data.dataset import FaceShards, collate_faces
-from kssgan_hpc.data.shards import atomic_write_json, verify_dataset
-from kssgan_hpc.errors import InputError
-from kssgan_hpc.folders import claim_file
+from kssgan_hpc.data.pixels import to_unit
 from kssgan_hpc.ksame.aligned import mean_frame, render, to_frame
 from kssgan_hpc.ksame.clusters import average_faces, cluster_identities, surrogate_targets
 from kssgan_hpc.ksame.duplicates import Duplicates, find_duplicates, thumbnails
-from kssgan_hpc.train.run import to_unit
-
-log = logging.getLogger(__name__)
+from kssgan_hpc.models import siamese_embeddings
 
 
 @dataclass
 class IdentityStatistics:
-    """Per identity of one population (rows in `ids` order)."""
+    """Per identity of one group of people (rows in `ids` order)."""
 
     ids: np.ndarray
     """Sorted identity ids."""
@@ -48,7 +35,7 @@ class IdentityStatistics:
     aligned: np.ndarray | None
     """[n, C, H, W] mean face after moving every image onto `frame` (k-Same-Aligned's input)."""
     frame: np.ndarray | None
-    """[5, 2] the population's mean landmark frame."""
+    """[5, 2] the group's mean landmark frame."""
     landmarks: np.ndarray | None = None
     """[n, 5, 2] mean landmarks of each person (NaN where none are known)."""
     thumbnails: np.ndarray | None = None
@@ -85,7 +72,7 @@ def identity_statistics(model: torch.nn.Module, data: FaceShards, batch_size: in
     thumbs: list[np.ndarray] = []
     for start in range(0, len(data), batch_size):
         images, labels = collate_faces(data.__getitems__(list(range(start, min(start + batch_size, len(data))))))
-        emb = model(to_unit(images).to(device)).float().cpu().numpy()
+        emb = siamese_embeddings(model, images, device, batch_size=len(images)).numpy()
         if emb_sum.shape[1] == 0:
             emb_sum = np.zeros((len(ids), emb.shape[1]))
         rows = np.array([position[int(i)] for i in labels["identity"]])
@@ -107,7 +94,7 @@ def identity_statistics(model: torch.nn.Module, data: FaceShards, batch_size: in
 
 @dataclass
 class KSame:
-    """k-Same over one population: every identity in one cluster of >= k identities."""
+    """k-Same over one group of people: every identity in one cluster of >= k people."""
 
     k: int
     ids: np.ndarray
@@ -136,21 +123,20 @@ class KSame:
     def pose_landmarks(self, identities: np.ndarray | torch.Tensor, landmarks: np.ndarray | torch.Tensor) -> np.ndarray:
         """The landmark cue with the person taken out: the image's offset from its person's mean
         landmarks (pose, expression) carried onto its cluster's mean landmarks. The raw landmarks
-        identify people (the parrot attack re-identified k-Same-Aligned posed on them at 0.51 for
-        k = 4, 32 ORL people at 32 px); what is left of a person's geometry is the cluster's, shared
-        by >= k."""
+        identify people (the parrot attack; README, threat model); what is left of a person's
+        geometry is the cluster's, shared by >= k."""
         if self.identity_landmarks is None or self.cluster_landmarks is None:
-            raise ValueError("this k-Same population has no landmark statistics")
+            raise ValueError("this k-Same clustering has no landmark statistics")
         landmarks = np.asarray(landmarks, np.float32)
         rows = np.array([self._row[int(i)] for i in np.asarray(identities)], np.int64)
         return self.cluster_landmarks[self.clusters_of(identities)] + (landmarks - self.identity_landmarks[rows])
 
     def clusters_of(self, identities: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Cluster index of each identity; an identity outside the population is an error."""
+        """Cluster index of each identity; an identity outside the group is an error."""
         try:
             return np.array([self._cluster[int(i)] for i in np.asarray(identities)], np.int64)
         except KeyError as err:
-            raise ValueError(f"identity {err} is in no k-Same cluster of this population") from None
+            raise ValueError(f"identity {err} is in no k-Same cluster of these people") from None
 
     def base_faces(self, identities: np.ndarray | torch.Tensor, landmarks: np.ndarray | torch.Tensor,
                    device: torch.device | str = "cpu") -> torch.Tensor:
@@ -158,7 +144,7 @@ class KSame:
         on the given (pose_landmarks) landmarks. Only the cluster and the landmarks go in, never a
         source image."""
         if self.aligned is None or self.frame is None:
-            raise ValueError("this k-Same population has no aligned templates")
+            raise ValueError("this k-Same clustering has no aligned templates")
         templates = self._templates_on(device)[torch.from_numpy(self.clusters_of(identities)).to(device)]
         return to_unit(render(templates, self.frame, torch.as_tensor(landmarks, device=device)))
 
@@ -175,7 +161,7 @@ class KSame:
 
 def ksame(stats: IdentityStatistics, k: int, *, method: str = "mdav", seed: int = 0,
           duplicates: DuplicateConfig | None = None) -> KSame:
-    """k-Same over a population from identity_statistics' output (one pass serves several k). Identities
+    """k-Same over a group of people from identity_statistics' output (one pass serves several k). Identities
     found to be one person (ksame/duplicates.py) are clustered as one: every cluster holds >= k people."""
     bad = stats.ids[~np.isfinite(stats.embeddings).all(axis=1)]
     if len(bad):
@@ -201,58 +187,3 @@ def ksame(stats: IdentityStatistics, k: int, *, method: str = "mdav", seed: int 
     return KSame(k=k, ids=stats.ids, groups=groups, surrogates=surrogate_targets(embeddings, person_groups),
                  pixel=faces(per_person(stats.faces)), aligned=faces(per_person(stats.aligned)), frame=stats.frame,
                  identity_landmarks=stats.landmarks, duplicates=found)
-
-
-def ksame_from_file(path: str | Path, data: FaceShards, k: int | None = None) -> KSame:
-    """The training population's k-Same as `kssgan cluster` wrote it (re-checked on load against `k`, the
-    anonymity asked for); `data` is the population's split (for its people's mean landmarks)."""
-    record = load_clusters(path, k)
-    faces = load_cluster_faces(path)
-    ids = np.array(sorted(i for c in record["clusters"] for i in c["identities"]))
-    row = {int(i): n for n, i in enumerate(ids)}
-    merged = record.get("duplicates", {}).get("merged", [])
-    in_merged = {i for m in merged for i in m}
-    people = merged + [[int(i)] for i in ids if int(i) not in in_merged]
-    return KSame(k=int(record["k"]), ids=ids, groups=[[row[i] for i in c["identities"]] for c in record["clusters"]],
-                 duplicates=Duplicates(pairs=record.get("duplicates", {}).get("pairs", []), people=people),
-                 surrogates=np.array([c["surrogate"] for c in record["clusters"]], np.float32),
-                 pixel=faces["pixel"].numpy(), aligned=faces["aligned"].numpy(), frame=faces["frame"].numpy(),
-                 identity_landmarks=identity_landmarks(data, ids))
-
-
-def build_clusters(cfg: ClusterConfig) -> dict[str, Any]:
-    """Cluster the identities of `cfg.split`; write clusters.json and the cluster faces."""
-    out = Path(cfg.out)
-    claim_file(out, "clusters")  # checked first: nothing is computed for an output that would be refused
-    model, siamese_cfg = load_siamese(cfg.siamese)
-    manifest = verify_dataset(cfg.data, cfg.verify)
-    data = FaceShards(Path(cfg.data), cfg.split)
-    if (data.resolution, data.channels) != (siamese_cfg.model.resolution, siamese_cfg.model.channels):
-        raise InputError(f"{cfg.data} is {data.resolution}px x{data.channels}, the Siamese in {cfg.siamese} "
-                         f"expects {siamese_cfg.model.resolution}px x{siamese_cfg.model.channels}")
-    population = ksame(identity_statistics(model, data, cfg.batch_size), cfg.k, method=cfg.method, seed=cfg.seed,
-                       duplicates=cfg.duplicates)
-    faces_path = cluster_faces_path(out)
-    tmp = faces_path.with_name(f".{faces_path.name}.tmp-{os.getpid()}")
-    save_file({"pixel": torch.from_numpy(population.pixel), "aligned": torch.from_numpy(population.aligned),
-               "frame": torch.from_numpy(population.frame)}, tmp)
-    os.replace(tmp, faces_path)
-    result = {
-        "kind": "clusters",
-        "k": cfg.k,
-        "method": cfg.method,
-        "seed": cfg.seed,
-        "split": cfg.split,
-        "identities": len(population.ids),
-        "dataset_shards": [s["sha256"] for s in manifest["shards"] if s["split"] == cfg.split],
-        "cluster_faces": faces_path.name,
-        "duplicates": {**dataclasses.asdict(cfg.duplicates), "pairs": population.duplicates.pairs,
-                       "merged": population.duplicates.merged},
-        "clusters": [{"cluster": c, "identities": population.ids_of(c), "surrogate": population.surrogates[c].tolist()}
-                     for c in range(len(population.groups))],
-    }
-    atomic_write_json(out, result)
-    sizes = [len(g) for g in population.groups]
-    log.info("%d identities -> %d clusters (sizes %d..%d, k=%d)", len(population.ids), len(sizes), min(sizes),
-             max(sizes), cfg.k)
-    return result

@@ -4,10 +4,10 @@ same are found and, by default, merged into one person: they then always share a
 cluster counts people, not names.
 
 The two measures: the Siamese (mean embeddings' cosine) and the pixels themselves (normalised 16x16
-grey thumbnails of the aligned images: a re-saved copy correlates at > 0.9999 with its original,
-two different ORL people at most 0.87, two photos of one person at most 0.99, measured on the demo
-faces). A pair is merged when the Siamese agrees and at least half of the smaller identity's images
-have a near-copy among the other's.
+grey thumbnails of the aligned images: a re-saved copy correlates almost perfectly with its original,
+two photos of one person, or of two people, clearly less; the thresholds are DuplicateConfig's, and
+the README says which measurements chose them). A pair is merged when the Siamese agrees and at
+least half of the smaller identity's images have a near-copy among the other's.
 """
 
 from __future__ import annotations

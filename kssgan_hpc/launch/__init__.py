@@ -1,5 +1,4 @@
-"""From a launcher's environment (torchrun, Slurm/srun, submitit) to torch.distributed settings."""
+"""Slurm jobs through submitit: training runs as checkpointable, self-requeueing jobs (launch/submit.py).
 
-from kssgan_hpc.launch.env import DistEnv, LaunchError, apply_distributed_env, distributed_env, expand_hostlist
-
-__all__ = ["DistEnv", "LaunchError", "apply_distributed_env", "distributed_env", "expand_hostlist"]
+The launcher's environment itself (torchrun, Slurm tasks, submitit) is read by kssgan_hpc.distributed.
+"""

@@ -1,8 +1,8 @@
 """submitit jobs: an executor from a JobConfig, and training as a checkpointable, self-requeueing job.
 
 The only place (with sweep trials) that imports submitit. A training job runs `train_siamese` or
-`train_gan` in each task (one task per rank); launch.env turns the task's Slurm or submitit
-variables into torch.distributed settings.
+`train_gan` in each task (one task per rank); kssgan_hpc.distributed turns the task's Slurm or
+submitit variables into torch.distributed settings.
 
 Requeue: submitit asks Slurm for USR2 `signal_delay_s` before the time limit. The training loop's
 own handler takes that signal (it replaces submitit's while training runs): every rank checkpoints
@@ -34,15 +34,15 @@ from typing import Any
 
 import submitit
 
+from kssgan_hpc.checkpoints import CHECKPOINTS, latest_checkpoint
 from kssgan_hpc.config import from_dict
 from kssgan_hpc.config.launch import JobConfig
-from kssgan_hpc.config.train import GanConfig, SiameseConfig
+from kssgan_hpc.distributed import apply_distributed_env
 from kssgan_hpc.errors import InputError
-from kssgan_hpc.launch.env import apply_distributed_env
+from kssgan_hpc.train.run import EXIT_PREEMPTED, TrainingStopped
+from kssgan_hpc.train.stages import TRAIN_STAGES, train_stage
 
 log = logging.getLogger(__name__)
-
-TRAIN_STAGES = {"siamese": SiameseConfig, "gan": GanConfig}
 
 
 def make_executor(job: JobConfig, folder: str | Path | None = None) -> submitit.Executor:
@@ -136,9 +136,7 @@ def restart_after_failure(error: BaseException, out: Path, max_restarts: int) ->
         log.error("%s: %s: %s; no restart left (%d of slurm.max_restarts=%d used), the job fails",
                   where, type(error).__name__, error, done, max_restarts)
         return False
-    from kssgan_hpc.train.run import latest_checkpoint
-
-    checkpoint = latest_checkpoint(out / "checkpoints")
+    checkpoint = latest_checkpoint(out / CHECKPOINTS)
     record = {"job": job_id, "restart": done + 1, "slurm_restart_count": count, "failed": where,
               "error": f"{type(error).__name__}: {error}"[:2000],
               "resumes_from": checkpoint.name if checkpoint else None, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -172,8 +170,6 @@ class TrainTask(submitit.helpers.Checkpointable):
         """Restarts of the job after a failure (slurm.max_restarts); see restart_after_failure."""
 
     def __call__(self) -> str:
-        from kssgan_hpc.train.run import EXIT_PREEMPTED, TrainingStopped
-
         if self.threads:
             # Also for Accelerate, which otherwise sets threads = cores / local ranks: jobs sharing
             # a node then oversubscribe it, and OpenMP's spinning threads slow each down ~40x.
@@ -186,7 +182,7 @@ class TrainTask(submitit.helpers.Checkpointable):
         requeue_signal = submitit.JobEnvironment._usr_sig()
         requeue = signal.getsignal(requeue_signal)  # submitit's handler, before the run replaces it
         try:
-            return str(self._train(cfg))
+            return str(train_stage(self.stage, cfg))
         except TrainingStopped as stop:
             if stop.exit_code != EXIT_PREEMPTED:
                 raise
@@ -202,11 +198,3 @@ class TrainTask(submitit.helpers.Checkpointable):
             # Exit without a result, so submitit does not record the job as finished.
             sys.exit(EXIT_PREEMPTED)
 
-    def _train(self, cfg: SiameseConfig | GanConfig) -> Path:
-        if self.stage == "siamese":
-            from kssgan_hpc.train.siamese import train_siamese
-
-            return train_siamese(cfg)
-        from kssgan_hpc.train.gan import train_gan
-
-        return train_gan(cfg)

@@ -62,3 +62,13 @@ class UpBlock(nn.Module):
         x = nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
         x = self.act(self.ada1(self.conv1(torch.cat([x, skip], dim=1)), code))
         return self.act(self.ada2(self.conv2(x), code))
+
+
+def landmark_heatmaps(landmarks: torch.Tensor, resolution: int, sigma: float | None = None) -> torch.Tensor:
+    """[N, 5, 2] pixel landmarks -> [N, 5, R, R] Gaussian heatmaps (peak 1); unknown points give zeros."""
+    sigma = sigma if sigma is not None else resolution / 32
+    axis = torch.arange(resolution, device=landmarks.device, dtype=torch.float32)
+    x = landmarks[..., 0, None, None].float()
+    y = landmarks[..., 1, None, None].float()
+    maps = torch.exp(-((axis[None, None, None, :] - x) ** 2 + (axis[None, None, :, None] - y) ** 2) / (2 * sigma ** 2))
+    return torch.nan_to_num(maps, nan=0.0)

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from kssgan_hpc.config.train import ModelConfig
+from kssgan_hpc.data.pixels import to_unit
 from kssgan_hpc.data.shards import NUM_LANDMARKS
-from kssgan_hpc.ksame.aligned import landmark_heatmaps
-from kssgan_hpc.models.blocks import AdaIN, DownBlock, UpBlock, widths
+from kssgan_hpc.models.blocks import AdaIN, DownBlock, UpBlock, landmark_heatmaps, widths
 
 
 def shape_of(cfg: ModelConfig) -> int:
@@ -32,6 +32,17 @@ class SiameseEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.head(self.blocks(self.stem(images)))
         return nn.functional.normalize(features.float(), dim=1)
+
+
+@torch.no_grad()
+def siamese_embeddings(model: nn.Module, images: torch.Tensor, device: torch.device | str = "cpu",
+                       batch_size: int = 64) -> torch.Tensor:
+    """uint8 faces [N, C, H, W] -> float32 [N, d] embeddings on the CPU, `batch_size` at a time, in the
+    model's own dtype (DeepSpeed's bf16/fp16 engines hold the module's weights in that type)."""
+    dtype = next(model.parameters()).dtype
+    parts = [model(to_unit(images[start:start + batch_size]).to(device, dtype)).float().cpu()
+             for start in range(0, len(images), batch_size)]
+    return torch.cat(parts) if parts else torch.zeros(0, 0)
 
 
 class Generator(nn.Module):

@@ -44,21 +44,19 @@ from kssgan_hpc.data.dataset import FaceShards
 from kssgan_hpc.data.shards import (
     FORMAT_VERSION,
     ShardWriter,
-    atomic_write_json,
-    atomic_write_text,
     load_manifest,
     open_shard,
     sha256_file,
     shard_name,
     verify_dataset,
 )
-from kssgan_hpc.engine.base import barrier
-from kssgan_hpc.errors import InputError, RunFailure
+from kssgan_hpc.distributed import barrier, join_process_group
+from kssgan_hpc.errors import InputError
+from kssgan_hpc.files import atomic_write_json, atomic_write_text
 from kssgan_hpc.folders import claim_folder
 from kssgan_hpc.ksame.build import KSame, identity_statistics, ksame
-from kssgan_hpc.launch.env import apply_distributed_env
-from kssgan_hpc.release.deidentify import cue_labels, deidentify
-from kssgan_hpc.release.gate import Gate
+from kssgan_hpc.ksame.deidentify import cue_labels, deidentify
+from kssgan_hpc.release.gate import gate_release
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +103,7 @@ def _prepared_input(cfg: AnonymizeConfig, resolution: int) -> Path:
 
 def anonymize(cfg: AnonymizeConfig, progress: bool = True) -> Path:
     """Write (or finish) the release; returns out/release."""
-    env = apply_distributed_env()
-    cuda = torch.cuda.is_available() and cfg.device != "cpu"
-    if env.world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(env.backend(cuda))
-    device = torch.device(f"cuda:{env.local_rank}" if cuda else "cpu") if cfg.device == "auto" else \
-        torch.device(cfg.device)
+    env, device = join_process_group(cfg.device)
     generator, gan_cfg, weights = load_generator(cfg.gan, device)
     siamese, _ = load_siamese(gan_cfg.siamese, device)
     verify = cfg.verify if env.rank == 0 else "quick"  # one rank reads every byte
@@ -124,7 +117,8 @@ def anonymize(cfg: AnonymizeConfig, progress: bool = True) -> Path:
     try:
         weight_files = {"generator": weights, "siamese": siamese_weights(gan_cfg.siamese)[0]}
         settings = _check_settings(cfg, private / "settings.json", source, weight_files, env.rank)
-        method = _gate(cfg, private / "gate.json", data_dir, siamese, gan_cfg.siamese, generator, device, env.rank)
+        method = gate_release(cfg, private / "gate.json", data_dir, siamese, gan_cfg.siamese, generator, device,
+                              env.rank)
         release.mkdir(parents=True, exist_ok=True)
         (private / "state").mkdir(parents=True, exist_ok=True)  # per-shard records: the resume points
         offset, summary = 0, {}
@@ -133,24 +127,24 @@ def anonymize(cfg: AnonymizeConfig, progress: bool = True) -> Path:
             if data.resolution != gan_cfg.model.resolution or data.channels != gan_cfg.model.channels:
                 raise InputError(f"{data_dir}: {data.resolution}px x{data.channels}, the generator in {cfg.gan} "
                                  f"makes {gan_cfg.model.resolution}px x{gan_cfg.model.channels}")
-            population = ksame(identity_statistics(siamese, data, cfg.batch_size, device), cfg.k, method=cfg.method,
+            clustering = ksame(identity_statistics(siamese, data, cfg.batch_size, device), cfg.k, method=cfg.method,
                                seed=cfg.seed, duplicates=cfg.duplicates)
             if env.rank == 0:
                 atomic_write_json(private / f"clusters-{split}.json", {
                     "k": cfg.k, "method": cfg.method, "seed": cfg.seed, "split": split, "cluster_offset": offset,
-                    "merged": population.duplicates.merged, "duplicate_pairs": population.duplicates.pairs,
-                    "clusters": [{"cluster": offset + c, "identities": population.ids_of(c)}
-                                 for c in range(len(population.groups))]})
+                    "merged": clustering.duplicates.merged, "duplicate_pairs": clustering.duplicates.pairs,
+                    "clusters": [{"cluster": offset + c, "identities": clustering.ids_of(c)}
+                                 for c in range(len(clustering.groups))]})
             secret = settings["secret_seed"] + split_number  # one stream per split
             shards = release_order(len(data), cfg.images_per_shard, secret)
             origin = source_indices(data)
             mine = [i for i in range(len(shards)) if i % env.world_size == env.rank]
             for index in tqdm(mine, desc=f"anonymize {split}", disable=not progress or env.rank != 0):
-                _write_shard(cfg, data, shards[index], index, split, population, offset, method, generator, secret,
+                _write_shard(cfg, data, shards[index], index, split, clustering, offset, method, generator, secret,
                              origin, release, private / "state", device)
-            summary[split] = {"images": len(data), "identities": len(population.groups), "shards": len(shards),
-                              "source_identities": len(population.ids)}
-            offset += len(population.groups)
+            summary[split] = {"images": len(data), "identities": len(clustering.groups), "shards": len(shards),
+                              "source_identities": len(clustering.ids)}
+            offset += len(clustering.groups)
         barrier()
         if env.rank == 0:
             _write_manifest(cfg, source, summary, method, release, private)
@@ -159,35 +153,6 @@ def anonymize(cfg: AnonymizeConfig, progress: bool = True) -> Path:
         if dist.is_initialized():
             dist.destroy_process_group()
     return release
-
-
-def _gate(cfg: AnonymizeConfig, path: Path, data_dir: Path, siamese: torch.nn.Module, siamese_run: str,
-          generator: torch.nn.Module, device: torch.device, rank: int) -> str:
-    """Rank 0 attacks the generator on held-out people (once per release: a resume reads the verdict);
-    returns the method that ships. A refused release raises before anything is written."""
-    if rank == 0 and not path.is_file():
-        gate = Gate(FaceShards(data_dir, cfg.gate_split), siamese, siamese_run, cfg.k, cfg.gate, device=device)
-        measured = gate.measure("kssgan", generator)
-        method, fallback = "kssgan", None
-        if not measured["passed"]:
-            method = "ksame_aligned" if cfg.gate.fallback == "aligned" else "refused"
-            log.warning("gate: the generator failed on held-out people (%s); %s", "; ".join(measured["reasons"]),
-                        "releasing k-Same-Aligned instead" if method == "ksame_aligned" else "release refused")
-            if method == "ksame_aligned":  # measured too, for the record (its cues are the generator's)
-                fallback = gate.measure("ksame_aligned")
-                if not fallback["passed"]:
-                    log.warning("gate: k-Same-Aligned did not pass either: %s", "; ".join(fallback["reasons"]))
-        else:
-            log.info("gate: the generator passed on held-out people (worst attacker %s: rank-1 %.3f, faces %.3f)",
-                     measured["worst"]["attacker"], measured["worst"]["rank1"], measured["faces_detected"])
-        atomic_write_json(path, {"shipped": method, "generator": measured, "ksame_aligned": fallback,
-                                 "gate": cfg.gate.__dict__})
-    barrier()
-    method = json.loads(path.read_text())["shipped"]
-    if method == "refused":
-        raise RunFailure(f"{path}: the generator in {cfg.gan} failed the release gate and gate.fallback=refuse: "
-                           "nothing was released (the reasons are in this file)")
-    return method
 
 
 def _check_settings(cfg: AnonymizeConfig, path: Path, source: dict[str, Any], weights: dict[str, Path],
@@ -214,7 +179,7 @@ def _check_settings(cfg: AnonymizeConfig, path: Path, source: dict[str, Any], we
 
 
 def _write_shard(cfg: AnonymizeConfig, data: FaceShards, indices: np.ndarray, index: int, split: str,
-                 population: KSame, offset: int, method: str, generator: torch.nn.Module, secret: int,
+                 clustering: KSame, offset: int, method: str, generator: torch.nn.Module, secret: int,
                  origin: np.ndarray, release: Path, state: Path, device: torch.device) -> None:
     path = release / shard_name(split, index)
     record = state / f"{path.name}.json"
@@ -230,9 +195,9 @@ def _write_shard(cfg: AnonymizeConfig, data: FaceShards, indices: np.ndarray, in
         for start in range(0, len(indices), cfg.batch_size):
             rows = indices[start:start + cfg.batch_size]
             # Only the declared cues are read: the source images of this batch are never opened.
-            outputs = deidentify(method, population, cue_labels(labels, rows), generator=generator, seed=secret,
+            outputs = deidentify(method, clustering, cue_labels(labels, rows), generator=generator, seed=secret,
                                  keys=rows, device=device, batch_size=cfg.batch_size)
-            clusters = population.clusters_of(labels["identity"][rows])
+            clusters = clustering.clusters_of(labels["identity"][rows])
             for j, (row, image) in enumerate(zip(rows, outputs)):
                 writer.add(np.ascontiguousarray(image), identity=int(offset + clusters[j]),
                            expression=int(labels["expression"][row]), pose=int(labels["pose"][row]),

@@ -41,8 +41,8 @@ import yaml
 from kssgan_hpc.config import ConfigError, load_config, to_dict
 from kssgan_hpc.config.sweep import SweepConfig
 from kssgan_hpc.config.train import GanConfig
-from kssgan_hpc.data.shards import atomic_write_json, atomic_write_text
 from kssgan_hpc.errors import InputError, RunFailure
+from kssgan_hpc.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from kssgan_hpc.folders import claim_folder
 from kssgan_hpc.launch.submit import attach_job, find_submitted, job_status, make_executor
 from kssgan_hpc.sweep.space import as_overrides, parametrization, plain
@@ -200,12 +200,7 @@ class Sweep:
         digest = hashlib.sha256(data).hexdigest()
         name = f"optimizer-{digest[:16]}.pkl"
         state = self.out / "state"
-        tmp = state / f".{name}.tmp-{os.getpid()}"
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, state / name)
+        atomic_write_bytes(state / name, data, mode=0o600)  # only the owner may read what gets unpickled
         lines = [json.dumps(asdict(t)) for t in self.trials] + [json.dumps({"optimizer_state": name, "sha256": digest})]
         atomic_write_text(self.out / "trials.jsonl", "\n".join(lines) + "\n")
         for old in state.glob("optimizer-*.pkl"):  # trials.jsonl names the new one now

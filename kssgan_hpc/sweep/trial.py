@@ -15,12 +15,12 @@ from typing import Any
 
 from kssgan_hpc.config import from_dict
 from kssgan_hpc.config.sweep import ObjectiveConfig
-from kssgan_hpc.launch.env import distributed_env
+from kssgan_hpc.distributed import distributed_env
 from kssgan_hpc.launch.submit import TrainTask
 
 
 def gan_validation(run_dir: Path, objective: ObjectiveConfig) -> dict[str, float]:
-    from kssgan_hpc.train.validate import validate_gan
+    from kssgan_hpc.evaluate.validation import validate_gan
 
     metrics = validate_gan(run_dir, split=objective.split, margin=objective.margin)
     metrics["objective"] = (objective.w_identity * metrics["identity/to_surrogate"]

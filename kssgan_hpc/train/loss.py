@@ -1,4 +1,5 @@
-"""The GAN's losses, outside the loop (as StyleGAN2-ADA's training/loss.py): pure functions of tensors.
+"""The GAN's losses, outside the loop (as StyleGAN2-ADA's training/loss.py): pure functions of tensors,
+and `GanLoss`, which runs D's and G's phase of one micro-batch, backward included.
 
 None of them takes the source image toward which G could be pulled: G is pulled to its cluster's
 surrogate identity and to its own base face, pushed from the source identity, and judged real or
@@ -7,8 +8,15 @@ fake by D.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+
+from kssgan_hpc.checkpoints import DISCRIMINATOR, GENERATOR
+from kssgan_hpc.config.train import GanConfig
 
 
 def d_adversarial(real: torch.Tensor, fake: torch.Tensor, kind: str) -> torch.Tensor:
@@ -52,3 +60,94 @@ def base_consistency(output: torch.Tensor, base: torch.Tensor, size: int) -> tor
     """L1 between area-downsampled output and base face (size x size): the output keeps the base's
     layout and lighting, which keeps it a face; the base is k-anonymous, so this leaks nothing."""
     return F.l1_loss(F.adaptive_avg_pool2d(output.float(), size), F.adaptive_avg_pool2d(base.float(), size))
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch of GAN training. `inputs` is everything G may see of a source: its cluster's base
+    face posed on its cues, the cues (landmarks, expression, pose) and z; never the source image."""
+
+    real: torch.Tensor
+    """The source images in [-1, 1]: D's real samples, and the identity G is pushed away from."""
+    inputs: tuple[torch.Tensor, ...]
+    """(base, landmarks, expression, pose, z): G's arguments."""
+    target: torch.Tensor
+    """[N, d] the surrogate embedding of each source's cluster."""
+    expression: torch.Tensor
+    """[N] expression labels (-1 unknown)."""
+
+
+class GanLoss:
+    """D's and G's phases of one micro-batch, backward included (StyleGAN2-ADA's
+    `accumulate_gradients(phase, ...)`): the loop calls one phase per micro-batch inside
+    engine.micro_batch and steps the engine; every weight comes from the config."""
+
+    def __init__(self, cfg: GanConfig, engine: Any, siamese: torch.nn.Module,
+                 all_finite: Callable[[torch.Tensor, int], bool]) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.siamese = siamese  # frozen, fp32 under every engine
+        self.all_finite = all_finite
+        """(loss, step) -> True on every rank only if the loss is finite on every rank (Run.all_finite)."""
+        self.d_plain = engine.unwrap(DISCRIMINATOR)
+        """D itself, unwrapped: frozen in G's phase, and R1's own pass (the engine's hooks see one backward)."""
+
+    def accumulate_gradients(self, phase: str, batch: MicroBatch, step: int, r1: bool = False) -> dict[str, Any]:
+        """Phase "D" (with the lazy R1 term when `r1`) or "G" of training step `step`; returns the
+        phase's scalars and "ok" (False: a loss was not finite on some rank, so nothing was added)."""
+        if phase == "D":
+            return self._discriminator(batch, step, r1)
+        if phase == "G":
+            return self._generator(batch, step)
+        raise ValueError(f"unknown GAN phase {phase!r}; use D or G")
+
+    def _discriminator(self, batch: MicroBatch, step: int, r1_step: bool) -> dict[str, Any]:
+        cfg, engine = self.cfg, self.engine
+        real = batch.real
+        with torch.no_grad(), engine.autocast():
+            fake = engine.model(GENERATOR)(*batch.inputs)
+        with engine.autocast():
+            logits, expr_logits = engine.model(DISCRIMINATOR)(torch.cat([real, fake.detach()]))
+        logits = logits.float()
+        real_logits, fake_logits = logits[: len(real)], logits[len(real):]
+        adversarial = d_adversarial(real_logits, fake_logits, cfg.adversarial)
+        expression = expression_loss(None if expr_logits is None else expr_logits[: len(real)], batch.expression)
+        total = adversarial + cfg.w_expression * expression
+        r1 = torch.zeros((), device=engine.device)
+        if r1_step:
+            # Its own pass through the plain module: DeepSpeed's backward hooks on the engine's
+            # outputs must only see the one backward below. The gradient is taken of unscaled
+            # logits, in fp32, so the penalty is right under any loss scale.
+            real_in = real.detach().requires_grad_(True)
+            with engine.autocast():
+                r1_logits, _ = self.d_plain(real_in)
+            r1 = r1_penalty(r1_logits, real_in)
+            total = total + r1 * (cfg.r1_gamma / 2) * cfg.r1_every
+        ok = self.all_finite(total, step)
+        engine.backward(DISCRIMINATOR, total) if ok else engine.zero_backward(DISCRIMINATOR)
+        return {"ok": ok, "loss/d_adversarial": adversarial.item(), "loss/d_expression": expression.item(),
+                "loss/r1": r1.item(), "loss/d_total": total.item(), "d/real_score": real_logits.mean().item(),
+                "d/fake_score": fake_logits.mean().item()}
+
+    def _generator(self, batch: MicroBatch, step: int) -> dict[str, Any]:
+        cfg, engine = self.cfg, self.engine
+        with engine.autocast():
+            fake = engine.model(GENERATOR)(*batch.inputs)
+            fake_logits, fake_expr = self.d_plain(fake)
+            fake_embedding = self.siamese(fake.float())
+            with torch.no_grad():
+                source_embedding = self.siamese(batch.real.float())
+        adversarial = g_adversarial(fake_logits.float(), cfg.adversarial)
+        pull = identity_pull(fake_embedding, batch.target)
+        push = identity_push(fake_embedding, source_embedding, cfg.id_margin)
+        expression = expression_loss(fake_expr, batch.expression)
+        to_base = base_consistency(fake, batch.inputs[0], cfg.base_size)
+        total = (cfg.w_adv * adversarial + cfg.w_id_pull * pull + cfg.w_id_push * push
+                 + cfg.w_expression * expression + cfg.w_base * to_base)
+        ok = self.all_finite(total, step)
+        engine.backward(GENERATOR, total) if ok else engine.zero_backward(GENERATOR)
+        cos_source = (fake_embedding.float() * source_embedding.float()).sum(1).mean()
+        return {"ok": ok, "loss/g_adversarial": adversarial.item(), "loss/id_pull": pull.item(),
+                "loss/id_push": push.item(), "loss/g_expression": expression.item(),
+                "loss/base_l1": to_base.item(), "loss/g_total": total.item(),
+                "identity/cos_to_surrogate": 1 - pull.item(), "identity/cos_to_source": cos_source.item()}

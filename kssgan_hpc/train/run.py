@@ -1,51 +1,40 @@
-"""What every training loop shares: the run folder, engine, metrics, TensorBoard, checkpoints, signals.
+"""What every training loop shares: the run folder, its records (metrics, TensorBoard), the engine, signals.
 
-Checkpoint layout (`out/checkpoints/step-XXXXXXXX/`, written as `.step-XXXXXXXX.tmp` and renamed
-when every rank is done; `out/checkpoints/latest` is written last):
-  <model>.safetensors, <model>-optimizer*.pt   the engine's state (engine.save)
-  extra-<name>.safetensors                     loop weights such as the EMA generator
-  trainer-rank00000.pt, …                      step, RNG states and sampler position of each rank
-  complete                                     marker: the directory is whole
+`Run` starts the engine, claims and records the run folder, logs metrics, stops on a signal at a
+step boundary and resumes; the checkpoints themselves (layout, save, restore, prune) are
+checkpoints.CheckpointManager's.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import resource
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-from safetensors.torch import save_file
 from torch.utils.tensorboard import SummaryWriter
 
-from kssgan_hpc.config import dump_yaml, from_dict
+from kssgan_hpc import testhooks
+from kssgan_hpc.checkpoints import CheckpointManager, Resumed
+from kssgan_hpc.config import dump_yaml
 from kssgan_hpc.config.core import ConfigError
 from kssgan_hpc.config.train import LoopConfig, ModelConfig
-from kssgan_hpc.data.shards import ShardError, atomic_write_text, verify_dataset
-from kssgan_hpc.engine.base import (
-    Engine,
-    all_reduce,
-    barrier,
-    build_engine,
-    replicas_identical,
-)
+from kssgan_hpc.data.shards import ShardError, verify_dataset
+from kssgan_hpc.distributed import all_reduce, barrier, node_index, replicas_identical
+from kssgan_hpc.engine.base import Engine, build_engine
+from kssgan_hpc.files import atomic_write_text
 from kssgan_hpc.folders import claim_folder
 from kssgan_hpc.logs import setup_logging
-from kssgan_hpc.weights import CheckpointError, read_state, read_weights
 
 log = logging.getLogger(__name__)
 
@@ -67,30 +56,6 @@ class TrainingStopped(Exception):
         self.exit_code = exit_code
         self.signal_name = signal_name
         """The stop signal this rank received (None: another rank's, or no signal)."""
-
-
-@dataclass
-class Resumed:
-    step: int
-    sampler: dict[str, int]
-    extra: dict[str, dict[str, torch.Tensor]]
-
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1]."""
-    return images.float().div_(127.5).sub_(1.0)
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    return images.detach().float().add(1.0).mul(127.5).clamp(0, 255).round().to(torch.uint8)
-
-
-def image_grid(images: torch.Tensor, columns: int) -> torch.Tensor:
-    """uint8 [N, C, H, W] -> one uint8 [C, rows*H, columns*W] image for TensorBoard (N a multiple of columns)."""
-    n, c, h, w = images.shape
-    rows = n // columns
-    grid = images[: rows * columns].reshape(rows, columns, c, h, w).permute(2, 0, 3, 1, 4)
-    return grid.reshape(c, rows * h, columns * w)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -127,14 +92,6 @@ def model_from_data(data: Any, model: ModelConfig, source: str) -> None:
         setattr(model, name, found)
 
 
-def node_index() -> int:
-    """This process's node in the job: torchrun's GROUP_RANK, else Slurm's SLURM_NODEID, else 0."""
-    for name in ("GROUP_RANK", "SLURM_NODEID"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 0
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -150,7 +107,7 @@ class Run:
         self.stage = stage
         self.engine: Engine = build_engine(cfg.engine)
         self.out = Path(cfg.out)
-        self.checkpoints = self.out / "checkpoints"
+        self.checkpoints = CheckpointManager(self.out, self.engine, keep=cfg.keep_checkpoints)
         setup_logging(rank=self.engine.rank)
         self.tb: SummaryWriter | None = None
         self._checker = ThreadPoolExecutor(1, thread_name_prefix="verify") if self.engine.is_main else None
@@ -159,13 +116,8 @@ class Run:
         self._verified = (self._checker.submit(verify_dataset, cfg.data, cfg.verify, hashed=self._hashed)
                           if self._checker else None)
         self._stop_signal: str | None = None
-        # Test hook: KSSGAN_INJECT_NAN="<step>,<rank>" makes that rank's losses NaN at that step.
-        inject = os.environ.get("KSSGAN_INJECT_NAN")
-        self._inject_nan = tuple(int(v) for v in inject.split(",")) if inject else None
-        # Test hook: KSSGAN_TEST_HOLD_AT_STEP=<step> makes a run that did not resume wait at that step
-        # for a stop signal, so a time-limit test sees its signal mid-run on a machine of any speed.
-        hold = os.environ.get("KSSGAN_TEST_HOLD_AT_STEP")
-        self._hold_at = int(hold) if hold else None
+        self._inject_nan = testhooks.nan_injection()
+        self._hold_at = testhooks.hold_step()
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_signal)
 
@@ -183,9 +135,7 @@ class Run:
             raise ShardError(problem or f"{self.cfg.data}: rank 0 found the dataset damaged (see its error)")
         if self.engine.is_main:
             claim_folder(self.out, self.stage)
-            self.checkpoints.mkdir(parents=True, exist_ok=True)
-            for stale in self.checkpoints.glob(".step-*.tmp"):  # a save cut short by a kill
-                shutil.rmtree(stale, ignore_errors=True)
+            self.checkpoints.prepare()
         barrier()
         setup_logging(self.out / f"{self.stage}.log" if self.engine.is_main else None, rank=self.engine.rank)
         if self.engine.is_main:
@@ -249,12 +199,8 @@ class Run:
         scales = {n: self.engine.loss_scale(n) for n in models}
         collapsed = [n for n, s in scales.items() if s is not None and s < self.cfg.engine.min_loss_scale]
         if step == self._hold_at:
-            log.warning("test hook: holding at step %d until a stop signal", step)
-            launcher = os.getppid()
-            while not self.stop_requested():  # collective: every rank waits for the same event
-                if os.getppid() != launcher:  # the launcher was killed: never outlive it as an orphan
-                    raise self.stop(f"test hook: launcher gone while holding at step {step}", 1)
-                time.sleep(0.5)
+            testhooks.hold_until_stopped(step, self.stop_requested,
+                                         lambda: self.stop(f"test hook: launcher gone while holding at step {step}", 1))
         stop = self.stop_requested()
         if step % self.cfg.checkpoint_every == 0 or step == self.cfg.steps or stop or collapsed:
             self.save_checkpoint(step, sampler=sampler, models=models, extra=extra() if extra else None)
@@ -290,57 +236,30 @@ class Run:
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int, *, sampler: dict[str, int],
                         extra: dict[str, dict[str, torch.Tensor]] | None = None, models: tuple[str, ...] = ()) -> Path:
-        """Collective. Atomic: a directory is renamed into place only when every rank has written its part.
-
-        `models`: prepared names whose replicas are compared across ranks first (logged as replicas/<name>).
-        """
-        rank = self.engine.rank
+        """Collective: compare the `models`' replicas across ranks (logged as replicas/<name>), then checkpoint."""
         in_sync = {f"replicas/{name}": float(replicas_identical(self.engine.unwrap(name))) for name in models}
         if not all(in_sync.values()):
             log.error("step %d: ranks hold different parameters: %s", step, in_sync)
         self.log_scalars(step, in_sync)
-        final = self.checkpoints / f"step-{step:08d}"
-        tmp = self.checkpoints / f".step-{step:08d}.tmp"
-        if self.engine.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        barrier()
-        self.engine.save(tmp)
-        if self.engine.is_main:
-            for name, state in (extra or {}).items():
-                save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
-                          tmp / f"extra-{name}.safetensors")
-            atomic_write_text(tmp / "config.yaml", dump_yaml(self.cfg))
-        trainer = {"step": step, "sampler": sampler, "torch_rng": torch.get_rng_state(),
-                   "python_rng": random.getstate()}
-        if torch.cuda.is_available():
-            trainer["cuda_rng"] = torch.cuda.get_rng_state()
-        torch.save(trainer, tmp / f"trainer-rank{rank:05d}.pt")
-        barrier()
-        if self.engine.is_main:
-            (tmp / "complete").write_text(f"{step}\n")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            atomic_write_text(self.checkpoints / "latest", final.name + "\n")
-            self._prune(keep=self.cfg.keep_checkpoints)
-            log.info("checkpoint %s", final)
-        barrier()
-        return final
+        return self.checkpoints.save(step, sampler=sampler, config=self.cfg, extra=extra)
 
-    def _prune(self, keep: int) -> None:
-        complete = sorted(p for p in self.checkpoints.glob("step-*") if (p / "complete").is_file())
-        for old in complete[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-
-    def latest_checkpoint(self) -> Path | None:
-        return latest_checkpoint(self.checkpoints)
+    def begin(self, sampler: Any) -> Resumed:
+        """Collective, once every input is loaded and checked: `start()`, then `resume()`; the sampler is
+        moved to where the run goes on. A fresh run resumes at step 0 with no extras."""
+        self.start()
+        resumed = self.resume()
+        if resumed is None:
+            return Resumed(sampler={"consumed": 0})
+        sampler.load_state_dict(resumed.sampler)
+        return resumed
 
     def resume(self) -> Resumed | None:
         """Collective, after `start()`. With resume=auto, restore the newest complete checkpoint (engine
         state, RNG, sampler). Either way, open the metrics at the step the run goes on from."""
-        path = self.latest_checkpoint() if self.cfg.resume == "auto" else None
-        resumed = self._restore(path) if path is not None else None
+        path = self.checkpoints.latest() if self.cfg.resume == "auto" else None
+        resumed = self.checkpoints.restore(path) if path is not None else None
+        if resumed is not None:
+            self._hold_at = None  # the hook holds a fresh run only
         self._open_metrics(resumed.step if resumed else 0)
         return resumed
 
@@ -360,52 +279,12 @@ class Run:
         # purge_step: TensorBoard hides this folder's older events from step + 1 on.
         self.tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=step + 1)
 
-    def _restore(self, path: Path) -> Resumed:
-        self.engine.load(path)
-        trainer_path = path / f"trainer-rank{self.engine.rank:05d}.pt"
-        if not trainer_path.is_file():
-            raise CheckpointError(f"{trainer_path}: missing; resume with the rank count the checkpoint was made with")
-        trainer = read_state(trainer_path)
-        torch.set_rng_state(trainer["torch_rng"])
-        random.setstate(_as_tuple(trainer["python_rng"]))
-        if "cuda_rng" in trainer and torch.cuda.is_available():
-            torch.cuda.set_rng_state(trainer["cuda_rng"])
-        extra = {p.stem.removeprefix("extra-"): read_weights(p) for p in path.glob("extra-*.safetensors")}
-        log.info("resumed from %s (step %d)", path, trainer["step"])
-        self._hold_at = None  # the hook holds a fresh run only
-        return Resumed(step=trainer["step"], sampler=trainer["sampler"], extra=extra)
-
     def close(self) -> None:
         if self._checker is not None:
             self._checker.shutdown(wait=False, cancel_futures=True)
         if self.tb is not None:
             self.tb.close()
         self.engine.close()
-
-
-def latest_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest complete checkpoint: the `latest` pointer, else the newest directory with its marker."""
-    pointer = checkpoints / "latest"
-    if pointer.is_file():
-        candidate = checkpoints / pointer.read_text().strip()
-        if (candidate / "complete").is_file():
-            return candidate
-    complete = sorted(p for p in checkpoints.glob("step-*") if (p / "complete").is_file())
-    return complete[-1] if complete else None
-
-
-def checkpoint_with_config(run_dir: str | Path, cls: type, stage: str) -> tuple[Path, Any]:
-    """The newest complete checkpoint of a `stage` run and the config it was trained with."""
-    path = latest_checkpoint(Path(run_dir) / "checkpoints")
-    if path is None:
-        label = {"siamese": "Siamese", "gan": "GAN"}.get(stage, stage)
-        raise CheckpointError(f"{run_dir}: no complete {label} checkpoint (run `kssgan train {stage}` first)")
-    config = path / "config.yaml"
-    try:
-        values = yaml.safe_load(config.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise CheckpointError(f"{config}: unreadable checkpoint config: {err}") from None
-    return path, from_dict(cls, values if isinstance(values, dict) else {"": values}, str(config))
 
 
 def _read_hashed(path: Path) -> dict[str, Any]:
@@ -427,11 +306,3 @@ def _logged_step(line: str) -> float:
     except (ValueError, KeyError, TypeError):
         return float("inf")
 
-
-def _as_tuple(value: Any) -> Any:
-    """random.getstate() round-trips through torch.save as lists in places; setstate needs tuples."""
-    if isinstance(value, list):
-        return tuple(_as_tuple(v) for v in value)
-    if isinstance(value, tuple):
-        return tuple(_as_tuple(v) for v in value)
-    return value

@@ -10,19 +10,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from kssgan_hpc.checkpoints import SIAMESE
 from kssgan_hpc.config.train import SiameseConfig
 from kssgan_hpc.data.dataset import FaceShards, collate_faces
+from kssgan_hpc.data.pixels import to_unit
 from kssgan_hpc.data.samplers import IdentityBalancedBatchSampler
-from kssgan_hpc.engine.base import all_reduce, barrier
-from kssgan_hpc.models import SiameseEncoder
-from kssgan_hpc.train.run import (
-    Run,
-    batches_forever,
-    loader_worker_init,
-    model_from_data,
-    seed_everything,
-    to_unit,
-)
+from kssgan_hpc.distributed import all_reduce, barrier
+from kssgan_hpc.models import SiameseEncoder, siamese_embeddings
+from kssgan_hpc.train.run import Run, batches_forever, loader_worker_init, model_from_data, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +39,11 @@ def contrastive_loss(embeddings: torch.Tensor, identities: torch.Tensor, margin:
 def verification(model: torch.nn.Module, data: FaceShards, device: torch.device, limit: int = 2000) -> dict[str, float]:
     """All pairs among up to `limit` held-out images: accuracy at the best threshold and the equal error rate."""
     model.eval()
-    dtype = next(model.parameters()).dtype  # DeepSpeed's bf16/fp16 engines hold the module's weights in that type
     count = min(len(data), limit)
     embeddings, identities = [], []
     for start in range(0, count, 64):
         images, labels = collate_faces(data.__getitems__(list(range(start, min(start + 64, count)))))
-        embeddings.append(model(to_unit(images).to(device, dtype)).float().cpu())
+        embeddings.append(siamese_embeddings(model, images, device))
         identities.append(labels["identity"])
     model.train()
     emb, ids = torch.cat(embeddings), torch.cat(identities)
@@ -85,17 +79,13 @@ def train_siamese(cfg: SiameseConfig) -> Path:
         seed_everything(cfg.engine.seed)  # identical initial weights on every rank
         model = SiameseEncoder(cfg.model)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        engine.prepare("siamese", model, optimizer)
+        engine.prepare(SIAMESE, model, optimizer)
         sampler = IdentityBalancedBatchSampler(train.labels["identity"], cfg.identities_per_batch,
                                                cfg.images_per_identity, num_replicas=engine.world_size,
                                                rank=engine.rank, seed=cfg.engine.seed)
         seed_everything(cfg.engine.seed + 1000 * (engine.rank + 1))
-        run.start()  # every input is loaded and checked: now the run folder is written
-        step, consumed = 0, 0
-        resumed = run.resume()
-        if resumed is not None:
-            step, consumed = resumed.step, resumed.sampler["consumed"]
-            sampler.load_state_dict(resumed.sampler)
+        at = run.begin(sampler)  # every input is loaded and checked: the run folder is written from here on
+        step, consumed = at.step, at.sampler["consumed"]
         loader = DataLoader(train, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate_faces,
                             worker_init_fn=loader_worker_init)
         batches = batches_forever(loader, sampler, consumed, count=lambda batch: 1)  # the sampler counts batches
@@ -104,35 +94,35 @@ def train_siamese(cfg: SiameseConfig) -> Path:
         while step < cfg.steps:
             (images, labels), consumed = next(batches)
             x = engine.cast(to_unit(images).to(engine.device))
-            with engine.micro_batch("siamese"):
+            with engine.micro_batch(SIAMESE):
                 with engine.autocast():
-                    embeddings = engine.model("siamese")(x)
+                    embeddings = engine.model(SIAMESE)(x)
                 loss, stats = contrastive_loss(embeddings.float(), labels["identity"].to(engine.device), cfg.margin)
                 finite = run.all_finite(loss, step + 1)
                 if finite:
-                    engine.backward("siamese", loss)
+                    engine.backward(SIAMESE, loss)
                 else:  # this micro-batch adds nothing, on every rank
-                    engine.zero_backward("siamese")
+                    engine.zero_backward(SIAMESE)
                     log.warning("step %d: non-finite loss on some rank, its gradients dropped on all ranks", step + 1)
             images_seen += len(images)
             window_finite = window_finite or finite
-            applied = engine.step("siamese", skip=not window_finite)
+            applied = engine.step(SIAMESE, skip=not window_finite)
             if applied is None:
                 continue  # inside a gradient accumulation window
             window_finite = False
             step += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
                 metrics = all_reduce({"loss/contrastive": loss.item(), **stats,
-                                      "grad_norm": engine.grad_norm("siamese"), "skipped": 0.0 if applied else 1.0})
-                metrics.update(run.throughput(images_seen, time.perf_counter() - tick, ("siamese",)), lr=cfg.lr)
+                                      "grad_norm": engine.grad_norm(SIAMESE), "skipped": 0.0 if applied else 1.0})
+                metrics.update(run.throughput(images_seen, time.perf_counter() - tick, (SIAMESE,)), lr=cfg.lr)
                 run.log_scalars(step, metrics)
                 log.info("step %d/%d loss %.4f", step, cfg.steps, metrics["loss/contrastive"])
                 tick, images_seen = time.perf_counter(), 0
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 if engine.is_main and len(val):
-                    run.log_scalars(step, verification(engine.unwrap("siamese"), val, engine.device))
+                    run.log_scalars(step, verification(engine.unwrap(SIAMESE), val, engine.device))
                 barrier()
-            run.end_step(step, sampler=sampler.state_dict(consumed), models=("siamese",))
+            run.end_step(step, sampler=sampler.state_dict(consumed), models=(SIAMESE,))
         return run.out
     finally:
         run.close()

@@ -9,8 +9,8 @@ from helpers import kssgan
 
 from kssgan_hpc.config.gate import ATTACKERS
 from kssgan_hpc.evaluate.baselines import gaussian_blur, ksame_pixel, pixelate
-from kssgan_hpc.evaluate.kid import kernel_inception_distance
-from kssgan_hpc.evaluate.measures import cmc, identity_gallery, psnr, ssim
+from kssgan_hpc.attack.kid import kernel_inception_distance
+from kssgan_hpc.attack.measures import cmc, identity_gallery, psnr, ssim
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.skipif(cluster_up() is not None, re
 
 TASK = """
 import torch, torch.distributed as dist
-from kssgan_hpc.launch import apply_distributed_env
+from kssgan_hpc.distributed import apply_distributed_env
 env = apply_distributed_env()
 dist.init_process_group(env.backend(cuda=False), rank=env.rank, world_size=env.world_size)
 value = torch.tensor([float(env.rank + 1)])

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from kssgan_hpc.data.dataset import FaceShards
-from kssgan_hpc.ksame.aligned import landmark_heatmaps, mean_frame, render, similarity_matrices, to_frame
+from kssgan_hpc.ksame.aligned import mean_frame, render, similarity_matrices, to_frame
+from kssgan_hpc.models.blocks import landmark_heatmaps
 from kssgan_hpc.ksame.build import IdentityStatistics, ksame
 
 
@@ -41,17 +42,17 @@ def test_base_faces_depend_on_the_cluster_and_the_landmarks_only() -> None:
     stats = IdentityStatistics(ids=np.arange(8), embeddings=rng.normal(size=(8, 4)),
                                faces=rng.uniform(0, 255, (8, 1, 32, 32)), aligned=rng.uniform(0, 255, (8, 1, 32, 32)),
                                frame=np.array([[11, 12], [21, 12], [16, 17], [12, 23], [20, 23]], np.float32))
-    population = ksame(stats, 4)
-    a, b = population.groups[0][:2]
-    other = population.groups[1][0]
+    clustering = ksame(stats, 4)
+    a, b = clustering.groups[0][:2]
+    other = clustering.groups[1][0]
     landmarks = np.repeat(stats.frame[None], 3, axis=0)
-    base = population.base_faces(np.array([a, b, other]), landmarks)
+    base = clustering.base_faces(np.array([a, b, other]), landmarks)
     assert torch.equal(base[0], base[1])  # two members of one cluster, the same landmarks: the same face
     assert not torch.equal(base[0], base[2])
-    template = torch.from_numpy(population.aligned[population.clusters_of([a])[0]]).float() / 127.5 - 1
+    template = torch.from_numpy(clustering.aligned[clustering.clusters_of([a])[0]]).float() / 127.5 - 1
     torch.testing.assert_close(base[0], template, atol=0.02, rtol=0)  # on the frame itself: the template
     shifted = landmarks[:1] + np.array([3.0, 0.0], np.float32)
-    moved = population.base_faces(np.array([a]), shifted)
+    moved = clustering.base_faces(np.array([a]), shifted)
     torch.testing.assert_close(moved[0, :, :, 8:28], base[0, :, :, 5:25], atol=0.02, rtol=0)
 
 

@@ -12,7 +12,9 @@ from helpers import free_port, kill_tree, kssgan, metrics, torchrun, torchrun_cm
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from kssgan_hpc.artefacts import SELECTED, generator_weights, load_clusters
+from kssgan_hpc.artefacts import generator_weights
+from kssgan_hpc.checkpoints import SELECTED
+from kssgan_hpc.ksame.records import load_clusters
 
 REPO = Path(__file__).parents[2]
 

@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 from scipy.stats import binomtest
 
+from kssgan_hpc.attack.measures import cmc, identity_gallery
 from kssgan_hpc.config.gate import ATTACKERS
-from kssgan_hpc.evaluate.measures import cmc, identity_gallery
 
 
 def _unit(features: np.ndarray) -> np.ndarray:
@@ -90,7 +90,7 @@ PARROT_FEATURES = 32
 
 
 def make_attacker(name: str, siamese_run: str | Path, device: Any = "cpu") -> Any:
-    from kssgan_hpc.evaluate.recognizers import make_recognizer
+    from kssgan_hpc.attack.recognizers import make_recognizer
 
     if name in ("siamese", "dlib", "sface"):
         return Recognizing(make_recognizer(name, siamese_run, device))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kssgan_hpc.launch import LaunchError, distributed_env, expand_hostlist
+from kssgan_hpc.distributed import LaunchError, distributed_env, expand_hostlist
 
 TORCHRUN = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "node1", "MASTER_PORT": "29400"}
 SLURM = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[07-08,11]",

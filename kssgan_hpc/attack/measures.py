@@ -1,6 +1,8 @@
-"""Re-identification (rank-1, CMC), change (SSIM, PSNR) and landmark drift of de-identified faces."""
+"""Re-identification (rank-1, CMC), change (SSIM, PSNR), landmark drift and faces detected of de-identified faces."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,3 +75,11 @@ def landmark_drift(source: list[np.ndarray | None], output: list[np.ndarray | No
         iod = max(np.linalg.norm(ls[0] - ls[1]), 1e-6)
         drifts.append(np.linalg.norm(ls - lo, axis=1).mean() / iod)
     return (float(np.mean(drifts)) if drifts else None), found / max(len(output), 1)
+
+
+def faces_detected(images: np.ndarray, detector: Any) -> float:
+    """Share of images in which `detector` (recognizers.YuNet) finds a face, each upscaled as the
+    recognizers see it; 0 for no images."""
+    from kssgan_hpc.attack.recognizers import upscale
+
+    return float(np.mean([detector.detect(upscale(image)) is not None for image in images])) if len(images) else 0.0

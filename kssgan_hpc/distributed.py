@@ -1,4 +1,6 @@
-"""One function turns the process environment into torch.distributed settings.
+"""The distributed environment, in one place: launcher variables -> torch.distributed, the device, collectives.
+
+One function turns the process environment into torch.distributed settings.
 
 Sources, in order: torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT — also what a
 torchrun started by srun sees), Slurm tasks (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; as master
@@ -9,15 +11,24 @@ JobEnvironment (its Slurm executor's tasks are Slurm tasks; its local executor s
 SUBMITIT_LOCAL_* for each task on this host), else one plain process. A variable that is
 missing from an otherwise complete set, or values that contradict each other, are an error that
 names them: never a silent single-process run.
+
+One rule chooses the device (`choose_device`): "auto" is this rank's GPU where there is one, else the
+CPU. The engines, anonymize and evaluate all follow it. The collectives below (all_reduce, barrier,
+replicas_identical) are identities without a process group, so the same code runs as one process.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
 
 from kssgan_hpc.errors import InputError
 
@@ -139,3 +150,60 @@ def apply_distributed_env(env: DistEnv | None = None) -> DistEnv:
         os.environ.update(RANK=str(env.rank), LOCAL_RANK=str(env.local_rank), WORLD_SIZE=str(env.world_size),
                           MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port))
     return env
+
+
+def node_index() -> int:
+    """This process's node in the job: torchrun's GROUP_RANK, else Slurm's SLURM_NODEID, else 0."""
+    for name in ("GROUP_RANK", "SLURM_NODEID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def choose_device(setting: str = "auto", local_rank: int = 0) -> torch.device:
+    """The one device rule: "auto" -> this rank's GPU (cuda:<local rank>) where there is one, else the
+    CPU; any other setting ("cpu", "cuda:1") as given."""
+    if setting == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(setting)
+
+
+def join_process_group(device: str = "auto") -> tuple[DistEnv, torch.device]:
+    """For work outside the engines (anonymize): read the launcher's variables, choose this rank's
+    device and, with more than one rank, join the process group (nccl on GPUs, gloo on CPUs)."""
+    env = apply_distributed_env()
+    chosen = choose_device(device, env.local_rank)
+    if env.world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(env.backend(chosen.type == "cuda"))
+    return env, chosen
+
+
+def all_reduce(values: dict[str, float], op: str = "mean", device: torch.device | None = None) -> dict[str, float]:
+    """Mean (or max/min/sum) of scalar metrics over all ranks; identity without a process group."""
+    if not values or not (dist.is_available() and dist.is_initialized()):
+        return dict(values)
+    keys = sorted(values)
+    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    reduce_op = {"mean": dist.ReduceOp.SUM, "sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
+                 "min": dist.ReduceOp.MIN}[op]
+    dist.all_reduce(tensor, op=reduce_op)
+    if op == "mean":
+        tensor /= dist.get_world_size()
+    return dict(zip(keys, tensor.tolist()))
+
+
+def replicas_identical(module: nn.Module) -> bool:
+    """True when every rank holds bit-identical parameters and buffers (a silent desync check)."""
+    digest = hashlib.sha256()
+    for tensor in [*module.parameters(), *module.buffers()]:
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    digests: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(digests, digest.hexdigest())
+    return len(set(digests)) == 1
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from kssgan_hpc.data.pixels import channels_last
 from kssgan_hpc.ksame.build import KSame
-from kssgan_hpc.train.run import to_uint8
 
 METHODS = ("kssgan", "ksame_aligned")
 
@@ -39,7 +39,7 @@ def noise(keys: np.ndarray, z_dim: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def deidentify(method: str, population: KSame, cues: dict[str, np.ndarray], *, generator: torch.nn.Module | None,
+def deidentify(method: str, clustering: KSame, cues: dict[str, np.ndarray], *, generator: torch.nn.Module | None,
                seed: int, keys: np.ndarray | None = None, device: torch.device | str = "cpu",
                batch_size: int = 64) -> np.ndarray:
     """uint8 [N, H, W, C] faces for the images whose cues are given; `keys` (default 0..N-1) name the
@@ -53,14 +53,14 @@ def deidentify(method: str, population: KSame, cues: dict[str, np.ndarray], *, g
     keys = np.arange(count) if keys is None else np.asarray(keys)
     for start in range(0, count, batch_size):
         part = slice(start, min(start + batch_size, count))
-        posed = population.pose_landmarks(cues["identity"][part], cues["landmarks"][part])
+        posed = clustering.pose_landmarks(cues["identity"][part], cues["landmarks"][part])
         landmarks = torch.from_numpy(posed).to(device)
-        base = population.base_faces(cues["identity"][part], landmarks, device)
+        base = clustering.base_faces(cues["identity"][part], landmarks, device)
         if method == "kssgan":
             faces = generator(base, landmarks, torch.from_numpy(cues["expression"][part]).long().to(device),
                               torch.from_numpy(cues["pose"][part]).long().to(device),
                               noise(keys[part], generator.cfg.z_dim, seed).to(device))
         else:
             faces = base
-        out.append(to_uint8(faces.float()).cpu().permute(0, 2, 3, 1).numpy())
+        out.append(channels_last(faces))
     return np.concatenate(out) if out else np.zeros((0,), np.uint8)

@@ -20,13 +20,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kssgan_hpc.artefacts import load_clusters, load_generator, load_siamese
-from kssgan_hpc.data.dataset import FaceShards
-from kssgan_hpc.evaluate.kid import kernel_inception_distance
+from kssgan_hpc.artefacts import load_generator, load_siamese
+from kssgan_hpc.attack.kid import kernel_inception_distance
+from kssgan_hpc.data.dataset import FaceShards, read_images
+from kssgan_hpc.data.pixels import channels_first
 from kssgan_hpc.ksame.build import identity_statistics, ksame
-from kssgan_hpc.release.deidentify import cue_labels, deidentify
-from kssgan_hpc.release.gate import read_images
-from kssgan_hpc.train.run import to_unit
+from kssgan_hpc.ksame.deidentify import cue_labels, deidentify
+from kssgan_hpc.ksame.records import load_clusters
+from kssgan_hpc.models import siamese_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +40,21 @@ def validate_gan(run_dir: str | Path, *, split: str = "val", margin: float = 0.3
     siamese, _ = load_siamese(cfg.siamese, device)
     k = load_clusters(cfg.clusters)["k"]  # the data holder's k, also for the held-out people
     data = FaceShards(Path(cfg.data), split)
-    population = ksame(identity_statistics(siamese, data, batch_size, device), k)
-    fake = deidentify("kssgan", population, cue_labels(data.labels), generator=generator, seed=cfg.engine.seed,
+    clustering = ksame(identity_statistics(siamese, data, batch_size, device), k)
+    fake = deidentify("kssgan", clustering, cue_labels(data.labels), generator=generator, seed=cfg.engine.seed,
                       device=device, batch_size=batch_size)
 
     def embed(images: np.ndarray) -> torch.Tensor:
-        return torch.cat([siamese(to_unit(torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2)).to(device))
-                          for i in range(0, len(images), batch_size)]).float()
+        return siamese_embeddings(siamese, channels_first(images), device, batch_size)
 
     fake_embedding, real_embedding = embed(fake), embed(read_images(data, np.arange(len(data))))
-    target = torch.from_numpy(population.surrogates[population.clusters_of(data.labels["identity"])]).to(device)
-    kid, kid_std = kernel_inception_distance(real_embedding.cpu().numpy(), fake_embedding.cpu().numpy(),
+    target = torch.from_numpy(clustering.surrogates[clustering.clusters_of(data.labels["identity"])])
+    kid, kid_std = kernel_inception_distance(real_embedding.numpy(), fake_embedding.numpy(),
                                              subsets=20, subset_size=500)
     result = {"identity/to_surrogate": (1 - (fake_embedding * target).sum(1)).mean().item(),
               "identity/to_source": F.relu((fake_embedding * real_embedding).sum(1) - margin).mean().item(),
               "realism/kid": kid, "realism/kid_std": kid_std,
-              "images": float(len(data)), "identities": float(len(population.ids)),
-              "clusters": float(len(population.groups))}
+              "images": float(len(data)), "identities": float(len(clustering.ids)),
+              "clusters": float(len(clustering.groups))}
     log.info("validation on %s: %s", split, {k: round(v, 4) for k, v in result.items()})
     return result

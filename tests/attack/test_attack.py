@@ -10,10 +10,11 @@ from kssgan_hpc.artefacts import load_siamese
 from kssgan_hpc.config.gate import ATTACKERS, GateConfig
 from kssgan_hpc.config.train import ModelConfig
 from kssgan_hpc.data.dataset import FaceShards
-from kssgan_hpc.evaluate.attackers import Gallery, make_attacker, run_attack
+from kssgan_hpc.attack.attackers import Gallery, make_attacker, run_attack
+from kssgan_hpc.attack.heldout import HeldOutAttack
+from kssgan_hpc.attack.population import population_of
+from kssgan_hpc.data.pixels import to_unit
 from kssgan_hpc.ksame.build import identity_statistics, ksame
-from kssgan_hpc.release.gate import Gate, population_of
-from kssgan_hpc.train.run import to_unit
 
 FAST = ["siamese", "sface", "lowpass8", "lowpass16", "eigenfaces", "parrot"]
 
@@ -27,9 +28,9 @@ def test_every_attacker_finds_originals_and_no_attacker_beats_k_same_pixel(peopl
                                                                            siamese_run: Path) -> None:
     pop = population_of(people, 1, 1)
     siamese, _ = load_siamese(siamese_run)
-    population = ksame(identity_statistics(siamese, people, 64), 4)
-    pixel = population.pixel.transpose(0, 2, 3, 1)
-    as_pixel = {part: pixel[population.clusters_of(ids)]
+    clustering = ksame(identity_statistics(siamese, people, 64), 4)
+    pixel = clustering.pixel.transpose(0, 2, 3, 1)
+    as_pixel = {part: pixel[clustering.clusters_of(ids)]
                 for part, ids in (("probes", pop.probe_ids), ("gallery", pop.gallery.identities))}
     for name in ATTACKERS:
         attacker = make_attacker(name, siamese_run)
@@ -52,8 +53,8 @@ class LeakyGenerator(torch.nn.Module):
         super().__init__()
         self.cfg = ModelConfig(resolution=data.resolution)
         images = to_unit(data.__getitems__(list(range(len(data)))).images)
-        population = ksame(identity_statistics(siamese, data, 64), 4)  # the gate's own clusters
-        cues = population.pose_landmarks(data.labels["identity"], data.labels["landmarks"])
+        clustering = ksame(identity_statistics(siamese, data, 64), 4)  # the gate's own clusters
+        cues = clustering.pose_landmarks(data.labels["identity"], data.labels["landmarks"])
         self.sources = {cues[i].tobytes(): images[i] for i in range(len(data))}
 
     def forward(self, base, landmarks, expression, pose, z):  # noqa: ANN001, ANN201
@@ -66,7 +67,7 @@ class LeakyGenerator(torch.nn.Module):
 def test_a_planted_source_pixel_cue_trips_the_gate_and_k_same_aligned_passes(people: FaceShards,
                                                                                siamese_run: Path) -> None:
     siamese, _ = load_siamese(siamese_run)
-    gate = Gate(people, siamese, siamese_run, 4, GateConfig(attackers=FAST, min_faces_detected=0.0))
+    gate = HeldOutAttack(people, siamese, siamese_run, 4, GateConfig(attackers=FAST, min_faces_detected=0.0))
     leaky = gate.measure("kssgan", LeakyGenerator(people, siamese))
     assert not leaky["passed"] and "re-identifies" in leaky["reasons"][0]
     assert leaky["worst"]["rank1"] > 0.5 and leaky["worst"]["p_value"] < 1e-6
@@ -76,6 +77,6 @@ def test_a_planted_source_pixel_cue_trips_the_gate_and_k_same_aligned_passes(peo
 
 def test_too_few_held_out_people_is_a_failed_gate(demo_data: Path, siamese_run: Path) -> None:
     siamese, _ = load_siamese(siamese_run)
-    gate = Gate(FaceShards(demo_data, "val"), siamese, siamese_run, 8, GateConfig(attackers=["lowpass8"]))
+    gate = HeldOutAttack(FaceShards(demo_data, "val"), siamese, siamese_run, 8, GateConfig(attackers=["lowpass8"]))
     result = gate.measure("ksame_aligned")
     assert not result["passed"] and "fewer than k=8" in result["reasons"][0]

@@ -1,0 +1,75 @@
+"""The gate's measurement: a de-identification attacked on held-out people, with the rule it must pass.
+
+Run before a release ships (release/gate.py: ship, fall back to k-Same-Aligned, or refuse) and at
+every checkpoint of GAN training (train/selection.py: which EMA generator ships). The held-out
+people are k-Same-clustered among themselves, every probe and (for the parrot) gallery image
+de-identified with its own z, and every attacker run. A method passes when the worst attacker's
+rank-1 is <= 1/k + tolerance and YuNet finds a face in enough outputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kssgan_hpc.attack.attackers import make_attacker
+from kssgan_hpc.attack.measures import faces_detected
+from kssgan_hpc.attack.population import attack_population, population_of
+from kssgan_hpc.attack.recognizers import YuNet
+from kssgan_hpc.config.gate import GateConfig
+from kssgan_hpc.data.dataset import FaceShards
+from kssgan_hpc.ksame.build import KSame, identity_statistics, ksame
+from kssgan_hpc.ksame.deidentify import deidentify
+
+
+def verdict(measured: dict[str, Any], k: int, cfg: GateConfig) -> list[str]:
+    """Why a measured method fails the gate (empty: it passes)."""
+    reasons = []
+    bound = 1 / k + cfg.tolerance
+    if measured["worst"]["rank1"] > bound:
+        reasons.append(f"{measured['worst']['attacker']} re-identifies {measured['worst']['rank1']:.3f} of held-out "
+                       f"probes (> 1/k + tolerance = {bound:.3f})")
+    if measured["faces_detected"] < cfg.min_faces_detected:
+        reasons.append(f"faces detected in {measured['faces_detected']:.3f} of outputs "
+                       f"(< {cfg.min_faces_detected})")
+    return reasons
+
+
+class HeldOutAttack:
+    """The gate's measurement on one held-out split, set up once, run for any generator."""
+
+    def __init__(self, data: FaceShards, siamese: torch.nn.Module, siamese_run: str | Path, k: int, cfg: GateConfig,
+                 device: torch.device | str = "cpu", seed: int = 0) -> None:
+        self.cfg, self.k, self.device, self.seed = cfg, k, device, seed
+        self.population = population_of(data, cfg.gallery_per_identity, cfg.probes_per_identity)
+        self.measurable = self.population.identities >= k and len(self.population.probe_rows) > 0
+        self.clustering: KSame | None = None
+        if self.measurable:
+            self.clustering = ksame(identity_statistics(siamese, data, 64, device), k)
+        self.attackers = {name: make_attacker(name, siamese_run, device) for name in cfg.attackers}
+        self.detector = YuNet()
+        self.cache: dict[str, Any] = {}
+
+    def measure(self, method: str, generator: torch.nn.Module | None = None) -> dict[str, Any]:
+        """Attack `method` (kssgan with `generator`, or ksame_aligned) on the held-out people."""
+        if not self.measurable:
+            return {"method": method, "passed": False, "identities": self.population.identities,
+                    "reasons": [f"{self.population.identities} held-out people with 2+ images in "
+                                f"'{self.population.data.split}': fewer than k={self.k}, nothing to measure"]}
+        pop = self.population
+
+        def run(rows: np.ndarray) -> np.ndarray:  # each image its own z (keys): no noise shared with the gallery
+            return deidentify(method, self.clustering, pop.cues(rows), generator=generator, seed=self.seed, keys=rows,
+                              device=self.device)
+
+        # The gallery is de-identified only for the parrot, the one attacker that uses it.
+        probes = run(pop.probe_rows)
+        gallery = run(pop.gallery_rows) if "parrot" in self.attackers else None
+        measured = attack_population(pop, probes, gallery, self.k, self.attackers, self.cache)
+        measured["faces_detected"] = faces_detected(probes, self.detector)
+        reasons = verdict(measured, self.k, self.cfg)
+        return {"method": method, "passed": not reasons, "reasons": reasons, "k": self.k,
+                "split": pop.data.split, "identities": pop.identities, "probes": len(pop.probe_rows), **measured}
