@@ -134,8 +134,9 @@ class AccelerateEngine:
         for name in self._models:
             load_weights_into(self.unwrap(name), weights_file(directory, name))
             path = optimizer_file(directory, name)
+            state = read_state(path)
             try:
-                self._optimizers[name].load_state_dict(read_state(path))
+                self._optimizers[name].load_state_dict(state)
             except (KeyError, ValueError, TypeError) as err:
                 raise CheckpointError(f"{path}: optimizer state of another model: {err}") from None
         scaler = self._scaler or self.accelerator.scaler

@@ -34,13 +34,10 @@ from typing import Any
 
 import submitit
 
-from kssgan_hpc.checkpoints import CHECKPOINTS, latest_checkpoint
 from kssgan_hpc.config import from_dict
 from kssgan_hpc.config.launch import JobConfig
-from kssgan_hpc.distributed import apply_distributed_env
 from kssgan_hpc.errors import InputError
-from kssgan_hpc.train.run import EXIT_PREEMPTED, TrainingStopped
-from kssgan_hpc.train.stages import TRAIN_STAGES, train_stage
+from kssgan_hpc.train.stages import TRAIN_STAGES
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +133,8 @@ def restart_after_failure(error: BaseException, out: Path, max_restarts: int) ->
         log.error("%s: %s: %s; no restart left (%d of slurm.max_restarts=%d used), the job fails",
                   where, type(error).__name__, error, done, max_restarts)
         return False
+    from kssgan_hpc.checkpoints import CHECKPOINTS, latest_checkpoint
+
     checkpoint = latest_checkpoint(out / CHECKPOINTS)
     record = {"job": job_id, "restart": done + 1, "slurm_restart_count": count, "failed": where,
               "error": f"{type(error).__name__}: {error}"[:2000],
@@ -170,6 +169,7 @@ class TrainTask(submitit.helpers.Checkpointable):
         """Restarts of the job after a failure (slurm.max_restarts); see restart_after_failure."""
 
     def __call__(self) -> str:
+        # torch (through these) only after the thread limit: this module is what a job unpickles first.
         if self.threads:
             # Also for Accelerate, which otherwise sets threads = cores / local ranks: jobs sharing
             # a node then oversubscribe it, and OpenMP's spinning threads slow each down ~40x.
@@ -177,6 +177,10 @@ class TrainTask(submitit.helpers.Checkpointable):
             import torch
 
             torch.set_num_threads(self.threads)
+        from kssgan_hpc.distributed import apply_distributed_env
+        from kssgan_hpc.train.run import EXIT_PREEMPTED, TrainingStopped
+        from kssgan_hpc.train.stages import train_stage
+
         apply_distributed_env()
         cfg = from_dict(TRAIN_STAGES[self.stage], self.config, f"{self.stage} job config")
         requeue_signal = submitit.JobEnvironment._usr_sig()

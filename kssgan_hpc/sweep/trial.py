@@ -15,7 +15,6 @@ from typing import Any
 
 from kssgan_hpc.config import from_dict
 from kssgan_hpc.config.sweep import ObjectiveConfig
-from kssgan_hpc.distributed import distributed_env
 from kssgan_hpc.launch.submit import TrainTask
 
 
@@ -67,6 +66,8 @@ class TrialTask(TrainTask):
 
     def __call__(self) -> dict[str, Any] | None:  # type: ignore[override]
         started = time.time()
+        from kssgan_hpc.distributed import distributed_env
+
         run_dir = Path(super().__call__())
         if distributed_env().rank != 0:
             return None

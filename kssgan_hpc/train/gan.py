@@ -58,7 +58,7 @@ def train_gan(cfg: GanConfig) -> Path:
 
         at = run.begin(sampler)  # every input is loaded and checked: the run folder is written from here on
         step = at.step
-        if EMA_GENERATOR in at.extra:
+        if step > 0:  # resumed: the EMA generator comes back with the checkpoint
             ema.load_state_dict(at.extra[EMA_GENERATOR])
         loader = DataLoader(data, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                             collate_fn=collate_faces, worker_init_fn=loader_worker_init, drop_last=True)
@@ -84,7 +84,7 @@ def train_gan(cfg: GanConfig) -> Path:
             step += 1
 
             if step % cfg.log_every == 0 or step == cfg.steps:
-                _log_metrics(run, cfg, step, stats, applied, images_seen, time.perf_counter() - tick)
+                _log_metrics(run, cfg, step, stats, applied, images_seen, tick)
                 tick, images_seen = time.perf_counter(), 0
             if engine.is_main and (step % cfg.image_every == 0 or step == cfg.steps):
                 _log_images(run, cfg, step, ema, window[-1], labels, clustering)
@@ -151,13 +151,15 @@ def _train_step(cfg: GanConfig, engine: Engine, losses: GanLoss, window: list[Mi
 
 
 def _log_metrics(run: Run, cfg: GanConfig, step: int, stats: dict[str, float], applied: dict[str, bool],
-                 images: int, seconds: float) -> None:
-    """Collective: the step's losses, gradient norms, skips and throughput, reduced over ranks and logged."""
+                 images: int, since: float) -> None:
+    """Collective: the step's losses, gradient norms, skips and throughput (`images` since perf_counter
+    `since`, the wait at this reduction included), reduced over ranks and logged."""
     engine = run.engine
     metrics = all_reduce({
         **stats, "grad_norm/g": engine.grad_norm(GENERATOR), "grad_norm/d": engine.grad_norm(DISCRIMINATOR),
         "skipped/g": float(not applied[GENERATOR]), "skipped/d": float(not applied[DISCRIMINATOR])})
-    metrics.update(run.throughput(images, seconds, (GENERATOR, DISCRIMINATOR)), **{"lr/g": cfg.lr_g, "lr/d": cfg.lr_d})
+    metrics.update(run.throughput(images, time.perf_counter() - since, (GENERATOR, DISCRIMINATOR)),
+                   **{"lr/g": cfg.lr_g, "lr/d": cfg.lr_d})
     run.log_scalars(step, metrics)
     log.info("step %d/%d  G %.3f  D %.3f  cos(surrogate) %.3f  cos(source) %.3f", step, cfg.steps,
              metrics["loss/g_total"], metrics["loss/d_total"],
