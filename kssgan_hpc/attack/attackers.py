@@ -7,6 +7,7 @@ de-identified probe (rank-1, CMC), beside the k-Same bound 1/k and a one-sided b
   eigenfaces             PCA fitted on the gallery (Turk & Pentland 1991), nearest neighbour
   parrot                 (Newton, Sweeney & Malin 2005) the attacker runs the same de-identification
                          on the gallery and matches de-identified to de-identified (32x32 grey)
+  posehabit, labels      what a face carries beyond its cluster (cues.py)
 
 A privacy claim is these attacks, run: on training and on held-out people.
 """
@@ -22,7 +23,7 @@ import numpy as np
 from scipy.stats import binomtest
 
 from kssgan_hpc.attack.measures import cmc, identity_gallery
-from kssgan_hpc.config.gate import ATTACKERS
+from kssgan_hpc.config.gate import ALL_ATTACKERS, CUE_ATTACKERS
 
 
 def _unit(features: np.ndarray) -> np.ndarray:
@@ -102,7 +103,11 @@ def make_attacker(name: str, siamese_run: str | Path, device: Any = "cpu") -> An
         return Eigenfaces()
     if name == "parrot":
         return LowPass(PARROT_FEATURES)
-    raise ValueError(f"unknown attacker {name!r}; use one of {', '.join(ATTACKERS)}")
+    if name in CUE_ATTACKERS:
+        from kssgan_hpc.attack.cues import make_cue_attacker
+
+        return make_cue_attacker(name)
+    raise ValueError(f"unknown attacker {name!r}; use one of {', '.join(ALL_ATTACKERS)}")
 
 
 def p_value(rank1: float, probes: int, k: int | None) -> float | None:

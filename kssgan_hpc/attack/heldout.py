@@ -42,13 +42,15 @@ class HeldOutAttack:
     """The gate's measurement on one held-out split, set up once, run for any generator."""
 
     def __init__(self, data: FaceShards, siamese: torch.nn.Module, siamese_run: str | Path, k: int, cfg: GateConfig,
-                 device: torch.device | str = "cpu", seed: int = 0) -> None:
+                 device: torch.device | str = "cpu", seed: int = 0, cues: str = "cluster") -> None:
         self.cfg, self.k, self.device, self.seed = cfg, k, device, seed
         self.population = population_of(data, cfg.gallery_per_identity, cfg.probes_per_identity)
         self.measurable = self.population.identities >= k and len(self.population.probe_rows) > 0
         self.clustering: KSame | None = None
         if self.measurable:
             self.clustering = ksame(identity_statistics(siamese, data, 64, device), k)
+            # Whose cues each face shows, as a release with this policy draws them (see draw_cues).
+            self.shown, self.released = self.population.shown_cues(self.clustering, seed, cues)
         self.attackers = {name: make_attacker(name, siamese_run, device) for name in cfg.attackers}
         self.detector = YuNet()
         self.cache: dict[str, Any] = {}
@@ -62,13 +64,13 @@ class HeldOutAttack:
         pop = self.population
 
         def run(rows: np.ndarray) -> np.ndarray:  # each image its own z (keys): no noise shared with the gallery
-            return deidentify(method, self.clustering, pop.cues(rows), generator=generator, seed=self.seed, keys=rows,
-                              device=self.device)
+            return deidentify(method, self.clustering, pop.cues(self.shown[rows]), generator=generator, seed=self.seed,
+                              keys=rows, device=self.device)
 
         # The gallery is de-identified only for the parrot, the one attacker that uses it.
         probes = run(pop.probe_rows)
         gallery = run(pop.gallery_rows) if "parrot" in self.attackers else None
-        measured = attack_population(pop, probes, gallery, self.k, self.attackers, self.cache)
+        measured = attack_population(pop, probes, gallery, self.k, self.attackers, self.cache, self.released)
         measured["faces_detected"] = faces_detected(probes, self.detector)
         reasons = verdict(measured, self.k, self.cfg)
         return {"method": method, "passed": not reasons, "reasons": reasons, "k": self.k,

@@ -22,13 +22,18 @@ def cmc(probes: np.ndarray, probe_identities: np.ndarray, gallery_ids: np.ndarra
     gallery identities most similar (cosine) to them. Ties are broken at random, in expectation: a
     probe tied with t others counts (r + 1 - better) / (t + 1) — identical outputs for a whole
     cluster (k-Same) must score 1/k, not 1."""
-    scores = probes @ gallery.T
-    true = scores[np.arange(len(probes)), np.searchsorted(gallery_ids, probe_identities)]
+    return cmc_of_scores(probes @ gallery.T, np.searchsorted(gallery_ids, probe_identities), ranks)
+
+
+def cmc_of_scores(scores: np.ndarray, truth: np.ndarray, ranks: int = 10) -> np.ndarray:
+    """CMC from any attacker's scores [probes, people] (higher: more likely; -inf: ruled out) and each
+    probe's true column, ties broken at random in expectation as in `cmc`."""
+    true = scores[np.arange(len(scores)), truth]
     tolerance = 1e-9 * np.maximum(np.abs(true), 1.0)
     better = (scores > true[:, None] + tolerance[:, None]).sum(1)
     tied = (np.abs(scores - true[:, None]) <= tolerance[:, None]).sum(1) - 1  # others tied with the truth
     return np.array([np.clip((r + 1 - better) / (tied + 1), 0, 1).mean()
-                     for r in range(min(ranks, len(gallery_ids)))])
+                     for r in range(min(ranks, scores.shape[1]))])
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:

@@ -8,7 +8,10 @@ from typing import Literal
 from kssgan_hpc.config.core import ConfigError
 
 ATTACKERS = ("siamese", "dlib", "sface", "lowpass8", "lowpass16", "eigenfaces", "parrot")
-"""Re-identification attackers (kssgan_hpc/attack/attackers.py); each has a gallery of originals."""
+"""Re-identification attackers that read the faces (kssgan_hpc/attack/attackers.py); each has a gallery of originals."""
+CUE_ATTACKERS = ("posehabit", "labels")
+"""Attackers that read what a face carries beyond its cluster: its pose and labels (kssgan_hpc/attack/cues.py)."""
+ALL_ATTACKERS = ATTACKERS + CUE_ATTACKERS
 
 
 @dataclass(kw_only=True)
@@ -18,7 +21,7 @@ class GateConfig:
     min_faces_detected: float = 0.95
     """... and YuNet finds a face in at least this share of its outputs."""
     attackers: list[str] = field(default_factory=lambda: ["siamese", "sface", "lowpass8", "lowpass16",
-                                                          "eigenfaces", "parrot"])
+                                                          "eigenfaces", "parrot", "posehabit", "labels"])
     """Who attacks at the gate (dlib is the slowest; add it where time allows)."""
     fallback: Literal["aligned", "refuse"] = "aligned"
     """A failing generator is not used: release k-Same-Aligned instead, or refuse to release."""
@@ -29,8 +32,9 @@ class GateConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.tolerance < 1 or not 0 <= self.min_faces_detected <= 1:
             raise ConfigError("gate.tolerance must be in [0, 1) and gate.min_faces_detected in [0, 1]")
-        unknown = sorted(set(self.attackers) - set(ATTACKERS))
+        unknown = sorted(set(self.attackers) - set(ALL_ATTACKERS))
         if unknown or not self.attackers:
-            raise ConfigError(f"gate.attackers: unknown {unknown or 'none given'}; use some of {', '.join(ATTACKERS)}")
+            raise ConfigError(f"gate.attackers: unknown {unknown or 'none given'}; "
+                              f"use some of {', '.join(ALL_ATTACKERS)}")
         if self.gallery_per_identity < 1 or self.probes_per_identity < 1:
             raise ConfigError("gate.gallery_per_identity and gate.probes_per_identity must be >= 1")

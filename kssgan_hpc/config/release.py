@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from kssgan_hpc.config.core import ConfigError
-from kssgan_hpc.config.gate import ATTACKERS, GateConfig
+from kssgan_hpc.config.gate import ALL_ATTACKERS, GateConfig
 from kssgan_hpc.config.train import DuplicateConfig
 
 RECOGNIZERS = ("siamese", "dlib", "sface")
@@ -40,8 +40,11 @@ class AnonymizeConfig:
     method: Literal["mdav", "kmeans"] = "mdav"
     duplicates: DuplicateConfig = field(default_factory=DuplicateConfig)
     seed: int = 0
-    """Seed of the clustering (the release's image order and noise come from a secret seed drawn per
-    release, kept in out/private/settings.json)."""
+    """Seed of the clustering (the release's image order, cue draws and noise come from a secret seed
+    drawn per release, kept in out/private/settings.json)."""
+    cues: Literal["cluster", "own"] = "cluster"
+    """Whose cues (pose, expression, labels) each face shows: an image of its cluster drawn by a secret
+    permutation (cluster), or its source's own (own: they identify people within their cluster)."""
     gate_split: str = "test"
     """Held-out people (never trained on) on whom the generator is attacked before anything is
     written; with `input`, the input's people."""
@@ -81,8 +84,9 @@ class EvaluateConfig:
     for traceable fields, and its gate verdict reported. None skips all three."""
     out: str = "runs/demo/report"
     ks: list[int] = field(default_factory=lambda: [2, 4, 8])
-    attackers: list[str] = field(default_factory=lambda: list(ATTACKERS))
-    """Re-identification attackers, each with a gallery of original faces (attack/attackers.py)."""
+    attackers: list[str] = field(default_factory=lambda: list(ALL_ATTACKERS))
+    """Re-identification attackers, each with a gallery of original faces (attack/attackers.py,
+    attack/cues.py)."""
     tolerance: float = 0.05
     """A k-method is within bound when its worst attacker's rank-1 is <= 1/k + tolerance."""
     gallery_per_identity: int = 5
@@ -95,7 +99,9 @@ class EvaluateConfig:
     """Pixelation baseline block side; negative: resolution / 8."""
     method: Literal["mdav", "kmeans"] = "mdav"
     seed: int = 0
-    """Seed of the clustering and of the generator's noise in the evaluation."""
+    """Seed of the clustering, the cue draws and the generator's noise in the evaluation."""
+    cues: Literal["cluster", "own"] = "cluster"
+    """Whose cues the k-Same-Aligned and kSS-GAN faces show (as anonymize's `cues`)."""
     include_originals: bool = False
     """Also write contact_sheet_SENSITIVE_originals.png, which shows the source faces."""
     device: str = "auto"
@@ -106,8 +112,8 @@ class EvaluateConfig:
             raise ConfigError(f"ks={self.ks} is invalid; every k must be >= 2")
         if self.gallery_per_identity < 1 or self.probes_per_identity < 1:
             raise ConfigError("gallery_per_identity and probes_per_identity must be >= 1")
-        unknown = sorted(set(self.attackers) - set(ATTACKERS))
+        unknown = sorted(set(self.attackers) - set(ALL_ATTACKERS))
         if unknown or not self.attackers:
-            raise ConfigError(f"attackers: unknown {unknown or 'none given'}; use some of {', '.join(ATTACKERS)}")
+            raise ConfigError(f"attackers: unknown {unknown or 'none given'}; use some of {', '.join(ALL_ATTACKERS)}")
         if self.training_split == self.heldout_split:
             raise ConfigError(f"training_split and heldout_split are both {self.training_split!r}")

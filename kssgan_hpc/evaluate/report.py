@@ -53,13 +53,14 @@ SHEET_MARGIN = 0.1
 
 
 def expression_accuracy(train_images: np.ndarray, train_labels: np.ndarray,
-                        methods: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float] | None:
+                        methods: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float | None] | None:
     """A classifier (logistic regression on 16x16 grey pixels) trained on original faces, applied to
-    each method's outputs; None where the data has too few expression labels."""
+    each method's outputs and scored against the labels each output is released with (its source's,
+    or those of the image whose cues it shows); None where the data has too few expression labels."""
     from sklearn.linear_model import LogisticRegression
 
     known = train_labels >= 0
-    if known.sum() < 10 or len(np.unique(train_labels[known])) < 2 or (labels >= 0).sum() == 0:
+    if known.sum() < 10 or len(np.unique(train_labels[known])) < 2:
         return None
 
     def features(images: np.ndarray) -> np.ndarray:
@@ -71,9 +72,8 @@ def expression_accuracy(train_images: np.ndarray, train_labels: np.ndarray,
         return (flat - flat.mean(1, keepdims=True)) / (flat.std(1, keepdims=True) + 1e-6)
 
     classifier = LogisticRegression(max_iter=2000).fit(features(train_images[known]), train_labels[known])
-    mask = labels >= 0
-    return {name: float((classifier.predict(features(images[mask])) == labels[mask]).mean())
-            for name, images in methods.items()}
+    return {name: float((classifier.predict(features(images[labels >= 0])) == labels[labels >= 0]).mean())
+            if (labels >= 0).any() else None for name, (images, labels) in methods.items()}
 
 
 def _contact_sheet(path: Path, rows: list[tuple[str, np.ndarray]], clusters: np.ndarray, per_cluster: int = 6,
@@ -108,12 +108,13 @@ def _contact_sheet(path: Path, rows: list[tuple[str, np.ndarray]], clusters: np.
 def _methods(pop: Population, cfg: EvaluateConfig, generator: torch.nn.Module, siamese: torch.nn.Module,
              device: torch.device, sigma: float, block: int) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Every method's outputs on the probes and on the gallery (for the parrot), its k and clusters."""
+    own = [pop.released_cues(pop.probe_rows, None)]  # the untouched, blurred, pixelated faces show their own
     methods: dict[str, dict[str, Any]] = {
-        "original": {"k": None, "probes": pop.probe_images, "gallery": pop.gallery.images},
+        "original": {"k": None, "probes": pop.probe_images, "gallery": pop.gallery.images, "released": own},
         "blur": {"k": None, "probes": gaussian_blur(pop.probe_images, sigma),
-                 "gallery": gaussian_blur(pop.gallery.images, sigma)},
+                 "gallery": gaussian_blur(pop.gallery.images, sigma), "released": own},
         "pixelate": {"k": None, "probes": pixelate(pop.probe_images, block),
-                     "gallery": pixelate(pop.gallery.images, block)}}
+                     "gallery": pixelate(pop.gallery.images, block), "released": own}}
     anonymity: dict[str, Any] = {}
     stats = identity_statistics(siamese, pop.data, 64, device)  # one pass serves every k
     for k in cfg.ks:
@@ -122,13 +123,15 @@ def _methods(pop: Population, cfg: EvaluateConfig, generator: torch.nn.Module, s
         cluster_of = {int(i): int(c) for i, c in zip(clustering.ids, clustering.clusters_of(clustering.ids))}
         faces = clustering.pixel.transpose(0, 2, 3, 1)
         methods[f"ksame_pixel@{k}"] = {"probes": ksame_pixel(pop.probe_ids, cluster_of, faces),
-                                       "gallery": ksame_pixel(pop.gallery.identities, cluster_of, faces)}
+                                       "gallery": ksame_pixel(pop.gallery.identities, cluster_of, faces),
+                                       "released": [pop.released_cues(None, clustering)]}
+        shown, released = pop.shown_cues(clustering, cfg.seed + k, cfg.cues)  # as a release draws them
         for method in ("ksame_aligned", "kssgan"):
             # Probe and gallery images draw different z (keys): the attacker cannot replay the noise.
-            run = {part: deidentify(method, clustering, pop.cues(rows), generator=generator, seed=cfg.seed + k,
-                                    keys=rows, device=device)
+            run = {part: deidentify(method, clustering, pop.cues(shown[rows]), generator=generator,
+                                    seed=cfg.seed + k, keys=rows, device=device)
                    for part, rows in (("probes", pop.probe_rows), ("gallery", pop.gallery_rows))}
-            methods[f"{method}@{k}"] = run
+            methods[f"{method}@{k}"] = {**run, "released": released, "shown": shown[pop.probe_rows]}
         for name in ("ksame_pixel", "ksame_aligned", "kssgan"):
             methods[f"{name}@{k}"].update(k=k, clusters=clusters)
         sizes = [len(g) for g in clustering.groups]
@@ -148,16 +151,20 @@ def evaluate_population(pop: Population, reference: np.ndarray, cfg: EvaluateCon
     methods, anonymity = _methods(pop, cfg, generator, siamese, device, sigma, block)
     probes = pop.probe_images
     expression = expression_accuracy(pop.gallery.images, pop.data.labels["expression"][pop.gallery_rows],
-                                     {m: v["probes"] for m, v in methods.items()},
-                                     pop.data.labels["expression"][pop.probe_rows])
+                                     {m: (v["probes"], v["released"][0].labels["expression"])  # the draw shown
+                                      for m, v in methods.items()})
     marks_original = [detector.detect(upscale(im)) for im in probes]
     cache: dict[str, Any] = {}
     results: dict[str, Any] = {}
     for method, outputs in methods.items():
         log.info("attacking %s (%d probes)", method, len(outputs["probes"]))
         k = outputs["k"]
-        entry = attack_population(pop, outputs["probes"], outputs["gallery"], k, attackers, cache)
-        drift, found = landmark_drift(marks_original, [detector.detect(upscale(im)) for im in outputs["probes"]])
+        entry = attack_population(pop, outputs["probes"], outputs["gallery"], k, attackers, cache, outputs["released"])
+        # Drift from the face whose cues the output was given: its source's, or a drawn one's.
+        shown = outputs.get("shown")
+        marks_asked = marks_original if shown is None else [detector.detect(upscale(im))
+                                                            for im in read_images(pop.data, shown)]
+        drift, found = landmark_drift(marks_asked, [detector.detect(upscale(im)) for im in outputs["probes"]])
         values = psnr(probes, outputs["probes"])
         kid, kid_std = kernel_inception_distance(reference, sface.embed(outputs["probes"]), subsets=50,
                                                  subset_size=200, seed=cfg.seed)

@@ -125,11 +125,18 @@ class KSame:
         landmarks (pose, expression) carried onto its cluster's mean landmarks. The raw landmarks
         identify people (the parrot attack; README, threat model); what is left of a person's
         geometry is the cluster's, shared by >= k."""
-        if self.identity_landmarks is None or self.cluster_landmarks is None:
+        if self.cluster_landmarks is None:
+            raise ValueError("this k-Same clustering has no landmark statistics")
+        return self.cluster_landmarks[self.clusters_of(identities)] + self.pose_offsets(identities, landmarks)
+
+    def pose_offsets(self, identities: np.ndarray | torch.Tensor, landmarks: np.ndarray | torch.Tensor) -> np.ndarray:
+        """[N, 5, 2] each image's landmarks minus its person's mean landmarks: the pose and expression
+        it shows, without the person's geometry (NaN where the image has no landmarks)."""
+        if self.identity_landmarks is None:
             raise ValueError("this k-Same clustering has no landmark statistics")
         landmarks = np.asarray(landmarks, np.float32)
         rows = np.array([self._row[int(i)] for i in np.asarray(identities)], np.int64)
-        return self.cluster_landmarks[self.clusters_of(identities)] + (landmarks - self.identity_landmarks[rows])
+        return landmarks - self.identity_landmarks[rows]
 
     def clusters_of(self, identities: np.ndarray | torch.Tensor) -> np.ndarray:
         """Cluster index of each identity; an identity outside the group is an error."""

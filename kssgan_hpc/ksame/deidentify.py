@@ -4,6 +4,14 @@ Both read only what a source declares: its identity (-> its k-Same cluster), its
 the person's own geometry replaced by the cluster's: KSame.pose_landmarks) and its expression/pose
 labels. kSS-GAN adds noise z, drawn from a seeded generator, so a release is
 reproducible from its (secret) seed.
+
+Which image's cues a released face shows is `draw_cues`' choice. A person's own cues identify them
+within their cluster (people have habits: one sits still, another turns and tilts), so by default
+("cluster") every face shows the cues of an image drawn from its cluster by a secret permutation: a
+pose, expression and labels that belong to the cluster, consistent with each other, but not
+necessarily its source's. What a face carries beyond its cluster then cannot tell the cluster's
+members apart, and the cluster keeps exactly its sources' variety of poses and expressions. "own"
+(each face its source's cues) is for measurement: the gate and the report show what it leaks.
 """
 
 from __future__ import annotations
@@ -17,6 +25,26 @@ from kssgan_hpc.data.pixels import channels_last
 from kssgan_hpc.ksame.build import KSame
 
 METHODS = ("kssgan", "ksame_aligned")
+CUE_POLICIES = ("cluster", "own")
+
+
+def draw_cues(identities: np.ndarray, clustering: KSame, secret: int, policy: str = "cluster",
+              replica: int = 0) -> np.ndarray:
+    """For every image of a split (`identities`, in dataset order), the row whose declared cues it is
+    released with: a permutation of its cluster's images drawn from (`secret`, cluster) ("cluster"),
+    or its own row ("own"). `replica` > 0: another draw of the same kind (an evaluation attacks the cue
+    draw over many secrets, not one)."""
+    if policy not in CUE_POLICIES:
+        raise ValueError(f"unknown cue policy {policy!r}; use one of {', '.join(CUE_POLICIES)}")
+    drawn = np.arange(len(identities))
+    if policy == "own":
+        return drawn
+    clusters = clustering.clusters_of(identities)
+    for cluster in np.unique(clusters):
+        rows = np.flatnonzero(clusters == cluster)
+        # Its own stream per cluster: a cluster's draw does not depend on the others'.
+        drawn[rows] = rows[np.random.default_rng([secret, 1, int(cluster), replica]).permutation(len(rows))]
+    return drawn
 
 
 def cue_labels(labels: dict[str, Any], rows: np.ndarray | None = None) -> dict[str, np.ndarray]:

@@ -2,9 +2,11 @@
 
 Per split: the identities in it are k-Same-clustered among themselves with the frozen Siamese (the
 guarantee is over the released set: new people need k per cluster too), and every face is made
-from its cluster only: the cluster's k-Same-Aligned base face posed on the source's landmarks, then
+from its cluster only: the cluster's k-Same-Aligned base face posed on declared landmarks, then
 (when the generator passed the gate) the generator's bounded residual from that base, the cues and
-z. The source image itself never enters.
+z. The source image itself never enters. The cues are those of an image of the same cluster, drawn
+by a secret permutation (`cues=cluster`, ksame/deidentify.py): a face shows a pose and expression,
+and carries the labels, of its cluster, not necessarily of its source.
 
 Before writing, the gate (release/gate.py) attacks the generator on held-out people; a generator
 that fails is not used: the release is made with k-Same-Aligned instead, or refused (gate.fallback).
@@ -12,7 +14,7 @@ that fails is not used: the release is made with k-Same-Aligned instead, or refu
 Written as shards of the project's format (kind "release") under out/release/, in an order drawn
 from a secret seed (drawn per release with `secrets`, kept in out/private/settings.json), with:
   identity      the released identity: the k-Same cluster (ids unique across splits), >= k people
-  expression, pose, gaze, attributes   the utility labels
+  expression, pose, gaze, attributes   the utility labels of the image whose cues the face shows
 and nothing that points back (no source names, digests, landmarks or quads; PNGs carry no
 metadata). What stays with the data holder, in out/private/: which source identity went to which
 cluster, the gate's verdict, and mapping.jsonl (release image -> prepped source_index) for audits
@@ -55,7 +57,7 @@ from kssgan_hpc.errors import InputError
 from kssgan_hpc.files import atomic_write_json, atomic_write_text
 from kssgan_hpc.folders import claim_folder
 from kssgan_hpc.ksame.build import KSame, identity_statistics, ksame
-from kssgan_hpc.ksame.deidentify import cue_labels, deidentify
+from kssgan_hpc.ksame.deidentify import cue_labels, deidentify, draw_cues
 from kssgan_hpc.release.gate import gate_release
 
 log = logging.getLogger(__name__)
@@ -138,10 +140,11 @@ def anonymize(cfg: AnonymizeConfig, progress: bool = True) -> Path:
             secret = settings["secret_seed"] + split_number  # one stream per split
             shards = release_order(len(data), cfg.images_per_shard, secret)
             origin = source_indices(data)
+            shown = draw_cues(data.labels["identity"], clustering, secret, cfg.cues)  # whose cues each face shows
             mine = [i for i in range(len(shards)) if i % env.world_size == env.rank]
             for index in tqdm(mine, desc=f"anonymize {split}", disable=not progress or env.rank != 0):
-                _write_shard(cfg, data, shards[index], index, split, clustering, offset, method, generator, secret,
-                             origin, release, private / "state", device)
+                _write_shard(cfg, data, shards[index], index, split, clustering, shown, offset, method, generator,
+                             secret, origin, release, private / "state", device)
             summary[split] = {"images": len(data), "identities": len(clustering.groups), "shards": len(shards),
                               "source_identities": len(clustering.ids)}
             offset += len(clustering.groups)
@@ -159,7 +162,8 @@ def _check_settings(cfg: AnonymizeConfig, path: Path, source: dict[str, Any], we
                     rank: int) -> dict[str, Any]:
     """A resumed release must be finished with the settings (and weights) it was started with; a new
     one draws its secret seed here. Returns the settings, secret included (rank 0 writes them)."""
-    settings = {"k": cfg.k, "method": cfg.method, "seed": cfg.seed, "images_per_shard": cfg.images_per_shard,
+    settings = {"k": cfg.k, "method": cfg.method, "cues": cfg.cues, "seed": cfg.seed,
+                "images_per_shard": cfg.images_per_shard,
                 "splits": cfg.splits, "png": cfg.png, "gate_split": cfg.gate_split,
                 "duplicates": dataclasses.asdict(cfg.duplicates),
                 **{name: {"file": str(file), "sha256": sha256_file(file)} for name, file in weights.items()},
@@ -179,8 +183,8 @@ def _check_settings(cfg: AnonymizeConfig, path: Path, source: dict[str, Any], we
 
 
 def _write_shard(cfg: AnonymizeConfig, data: FaceShards, indices: np.ndarray, index: int, split: str,
-                 clustering: KSame, offset: int, method: str, generator: torch.nn.Module, secret: int,
-                 origin: np.ndarray, release: Path, state: Path, device: torch.device) -> None:
+                 clustering: KSame, shown: np.ndarray, offset: int, method: str, generator: torch.nn.Module,
+                 secret: int, origin: np.ndarray, release: Path, state: Path, device: torch.device) -> None:
     path = release / shard_name(split, index)
     record = state / f"{path.name}.json"
     if _shard_done(path, record):
@@ -194,14 +198,15 @@ def _write_shard(cfg: AnonymizeConfig, data: FaceShards, indices: np.ndarray, in
                      num_attributes=labels["attributes"].shape[1], expected=len(indices), release=True) as writer:
         for start in range(0, len(indices), cfg.batch_size):
             rows = indices[start:start + cfg.batch_size]
-            # Only the declared cues are read: the source images of this batch are never opened.
-            outputs = deidentify(method, clustering, cue_labels(labels, rows), generator=generator, seed=secret,
+            # Only declared cues are read (of the images drawn for these faces): no source image is opened.
+            outputs = deidentify(method, clustering, cue_labels(labels, shown[rows]), generator=generator, seed=secret,
                                  keys=rows, device=device, batch_size=cfg.batch_size)
             clusters = clustering.clusters_of(labels["identity"][rows])
             for j, (row, image) in enumerate(zip(rows, outputs)):
+                cue = shown[row]  # the face shows this image's pose and expression: its labels go with it
                 writer.add(np.ascontiguousarray(image), identity=int(offset + clusters[j]),
-                           expression=int(labels["expression"][row]), pose=int(labels["pose"][row]),
-                           gaze=int(labels["gaze"][row]), attributes=labels["attributes"][row].astype(np.int64))
+                           expression=int(labels["expression"][cue]), pose=int(labels["pose"][cue]),
+                           gaze=int(labels["gaze"][cue]), attributes=labels["attributes"][cue].astype(np.int64))
                 if cfg.png:
                     Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(
                         png_dir / f"{first_id + start + j:07d}.png")

@@ -30,7 +30,7 @@ def gate_release(cfg: AnonymizeConfig, path: Path, data_dir: Path, siamese: torc
     refused release raises RunFailure."""
     if rank == 0 and not path.is_file():
         attack = HeldOutAttack(FaceShards(data_dir, cfg.gate_split), siamese, siamese_run, cfg.k, cfg.gate,
-                               device=device)
+                               device=device, cues=cfg.cues)
         measured = attack.measure("kssgan", generator)
         method, fallback = "kssgan", None
         if not measured["passed"]:

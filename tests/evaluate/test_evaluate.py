@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import kssgan
 
-from kssgan_hpc.config.gate import ATTACKERS
+from kssgan_hpc.config.gate import ALL_ATTACKERS, ATTACKERS, CUE_ATTACKERS
 from kssgan_hpc.evaluate.baselines import gaussian_blur, ksame_pixel, pixelate
 from kssgan_hpc.attack.kid import kernel_inception_distance
 from kssgan_hpc.attack.measures import cmc, identity_gallery, psnr, ssim
@@ -31,7 +31,7 @@ METHODS = ["original", "blur", "pixelate", "ksame_pixel@2", "ksame_aligned@2", "
 
 
 def test_report_fields(report: dict) -> None:
-    assert set(report["attackers"]) == set(ATTACKERS) and "dlib" in report["attackers"]["dlib"]
+    assert set(report["attackers"]) == set(ALL_ATTACKERS) and "dlib" in report["attackers"]["dlib"]
     assert set(report["populations"]) == {"training", "heldout"}
     training, heldout = report["populations"]["training"], report["populations"]["heldout"]
     assert (training["split"], training["identities"], training["probes"]) == ("train", 32, 32)
@@ -39,7 +39,10 @@ def test_report_fields(report: dict) -> None:
     for population in (training, heldout):
         assert list(population["methods"]) == METHODS
         for method, entry in population["methods"].items():
-            assert set(entry["attackers"]) == set(ATTACKERS)
+            assert set(entry["attackers"]) == set(ALL_ATTACKERS)
+            # The cue attackers run on many secret cue draws where the faces show drawn cues.
+            drawn = method.startswith(("ksame_aligned", "kssgan"))
+            assert all(entry["attackers"][name]["draws"] == (16 if drawn else 1) for name in CUE_ATTACKERS)
             for result in entry["attackers"].values():
                 assert 0 <= result["rank1"] <= 1 and result["cmc"] == sorted(result["cmc"]) and result["cmc"][-1] <= 1
                 assert (result["p_value"] is None) == (entry["k"] is None)
