@@ -42,13 +42,15 @@ class HeldOutAttack:
     """The gate's measurement on one held-out split, set up once, run for any generator."""
 
     def __init__(self, data: FaceShards, siamese: torch.nn.Module, siamese_run: str | Path, k: int, cfg: GateConfig,
-                 device: torch.device | str = "cpu", seed: int = 0, cues: str = "cluster") -> None:
+                 device: torch.device | str = "cpu", seed: int = 0, cues: str = "cluster",
+                 cluster_with: dict[str, Any] | None = None) -> None:
+        """`cues` and `cluster_with` (ksame's method, seed, duplicates): as the release does it."""
         self.cfg, self.k, self.device, self.seed = cfg, k, device, seed
         self.population = population_of(data, cfg.gallery_per_identity, cfg.probes_per_identity)
         self.measurable = self.population.identities >= k and len(self.population.probe_rows) > 0
         self.clustering: KSame | None = None
         if self.measurable:
-            self.clustering = ksame(identity_statistics(siamese, data, 64, device), k)
+            self.clustering = ksame(identity_statistics(siamese, data, 64, device), k, **(cluster_with or {}))
             # Whose cues each face shows, as a release with this policy draws them (see draw_cues).
             self.shown, self.released = self.population.shown_cues(self.clustering, seed, cues)
         self.attackers = {name: make_attacker(name, siamese_run, device) for name in cfg.attackers}

@@ -28,6 +28,22 @@ class GateConfig:
     gallery_per_identity: int = 5
     """Original images per person in the attacker's gallery; the person's other images are probes."""
     probes_per_identity: int = 5
+    allow_weaker: bool = False
+    """A release gated with settings weaker than these defaults (a larger tolerance, fewer attackers,
+    faces, gallery images or probes) is refused unless this is true; the public manifest lists them."""
+
+    def weaker_than_default(self) -> list[str]:
+        """The settings that make this gate weaker than the default one, as key=value."""
+        default = GateConfig()
+        weaker = [f"gate.{name}={getattr(self, name)}" for name in ("tolerance",) if getattr(self, name) >
+                  getattr(default, name)]
+        weaker += [f"gate.{name}={getattr(self, name)}" for name in ("min_faces_detected", "gallery_per_identity",
+                                                                     "probes_per_identity")
+                   if getattr(self, name) < getattr(default, name)]
+        missing = [name for name in default.attackers if name not in self.attackers]
+        if missing:
+            weaker.append(f"gate.attackers without {','.join(missing)}")
+        return weaker
 
     def __post_init__(self) -> None:
         if not 0 <= self.tolerance < 1 or not 0 <= self.min_faces_detected <= 1:

@@ -56,10 +56,18 @@ class AnonymizeConfig:
     device: str = "auto"
     """auto: this rank's GPU when there is one, else CPU."""
 
+    def weaker_gate(self) -> list[str]:
+        """What makes this release's gate weaker than the default one (empty: it is not)."""
+        held_out = [] if self.gate_split == "test" or self.input else [f"gate_split={self.gate_split}"]
+        return held_out + self.gate.weaker_than_default()
+
     def __post_init__(self) -> None:
         check_device(self.device)
         if self.k < 2:
             raise ConfigError(f"k={self.k} is invalid; k-anonymity needs k >= 2")
+        if self.weaker_gate() and not self.gate.allow_weaker:
+            raise ConfigError(f"{', '.join(self.weaker_gate())}: weaker than the default gate; to release with "
+                              "it anyway set gate.allow_weaker=true (the public manifest then says so)")
         if self.batch_size < 1 or self.images_per_shard < 1:
             raise ConfigError("batch_size and images_per_shard must be >= 1")
         for split in self.splits:

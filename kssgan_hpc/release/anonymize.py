@@ -58,7 +58,7 @@ from kssgan_hpc.files import atomic_write_json, atomic_write_text
 from kssgan_hpc.folders import claim_folder
 from kssgan_hpc.ksame.build import KSame, identity_statistics, ksame
 from kssgan_hpc.ksame.deidentify import cue_labels, deidentify, draw_cues
-from kssgan_hpc.release.gate import gate_release
+from kssgan_hpc.release.gate import gate_release, public_record
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +229,7 @@ def _write_manifest(cfg: AnonymizeConfig, source: dict[str, Any], summary: dict[
         "format_version": FORMAT_VERSION, "kind": "release", "created_by": f"kssgan-hpc {__version__}",
         "resolution": source["resolution"], "channels": source["channels"], "k": cfg.k, "method": cfg.method,
         "deidentification": method,
+        "gate": public_record(cfg, json.loads((private / "gate.json").read_text())),
         "images": sum(c["images"] for c in summary.values()),
         "identities": sum(c["identities"] for c in summary.values()),
         "splits": {split: {"images": c["images"], "identities": c["identities"]} for split, c in summary.items()},

@@ -16,7 +16,7 @@ from kssgan_hpc.data.shards import SOURCES_NAME, TRACEABLE_FIELDS, load_manifest
 from kssgan_hpc.ksame.clusters import check_cluster_members, check_k
 
 MANIFEST_KEYS = {"format_version", "kind", "created_by", "resolution", "channels", "k", "method",
-                 "deidentification", "images", "identities", "splits", "shards", "vocab"}
+                 "deidentification", "gate", "images", "identities", "splits", "shards", "vocab"}
 SHARD_DATASETS = {"images", "identity", "expression", "pose", "gaze", "attributes"}
 
 

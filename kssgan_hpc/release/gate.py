@@ -8,9 +8,11 @@ for the record) or refused (gate.fallback=refuse), before anything is written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,7 +32,8 @@ def gate_release(cfg: AnonymizeConfig, path: Path, data_dir: Path, siamese: torc
     refused release raises RunFailure."""
     if rank == 0 and not path.is_file():
         attack = HeldOutAttack(FaceShards(data_dir, cfg.gate_split), siamese, siamese_run, cfg.k, cfg.gate,
-                               device=device, cues=cfg.cues)
+                               device=device, cues=cfg.cues,
+                               cluster_with={"method": cfg.method, "seed": cfg.seed, "duplicates": cfg.duplicates})
         measured = attack.measure("kssgan", generator)
         method, fallback = "kssgan", None
         if not measured["passed"]:
@@ -45,10 +48,29 @@ def gate_release(cfg: AnonymizeConfig, path: Path, data_dir: Path, siamese: torc
             log.info("gate: the generator passed on held-out people (worst attacker %s: rank-1 %.3f, faces %.3f)",
                      measured["worst"]["attacker"], measured["worst"]["rank1"], measured["faces_detected"])
         atomic_write_json(path, {"shipped": method, "generator": measured, "ksame_aligned": fallback,
-                                 "gate": cfg.gate.__dict__})
+                                 "gate": dataclasses.asdict(cfg.gate)})
     barrier()
     method = json.loads(path.read_text())["shipped"]
     if method == "refused":
         raise RunFailure(f"{path}: the generator in {cfg.gan} failed the release gate and gate.fallback=refuse: "
                            "nothing was released (the reasons are in this file)")
     return method
+
+
+def public_record(cfg: AnonymizeConfig, gate: dict[str, Any]) -> dict[str, Any]:
+    """How the release was tested, for its public manifest: the gate's settings (and which are weaker
+    than the defaults), the decision, and per measured method each attacker's rank-1 and p-value
+    on the held-out people (aggregates: no person, image or cluster is named)."""
+    def measured(result: dict[str, Any] | None) -> dict[str, Any] | None:
+        if result is None:
+            return None
+        keys = ("passed", "reasons", "k", "identities", "probes", "faces_detected", "worst")
+        return {**{key: result[key] for key in keys if key in result},
+                "attackers": {name: {"rank1": a["rank1"], "p_value": a["p_value"]}
+                              for name, a in result.get("attackers", {}).items()}}
+
+    settings = dataclasses.asdict(cfg.gate)
+    return {"split": "input" if cfg.input else cfg.gate_split, "k": cfg.k, "cues": cfg.cues,
+            "method": cfg.method, "settings": settings, "weaker_than_default": cfg.weaker_gate(),
+            "decision": gate["shipped"], "generator": measured(gate["generator"]),
+            "ksame_aligned": measured(gate["ksame_aligned"])}

@@ -175,15 +175,31 @@ def test_the_order_is_secret_per_release_and_the_mapping_is_complete(release: Pa
 
 def test_a_generator_that_fails_the_gate_is_not_used(demo_data: Path, gan_run: Path, tmp_path: Path) -> None:
     # k=8 on a held-out split of 4 people: nothing can be measured, so the generator cannot pass.
-    args = [f"gan={gan_run}", f"data={demo_data}", "splits=[train]", "k=8", "gate_split=val", "--no-progress"]
+    args = [f"gan={gan_run}", f"data={demo_data}", "splits=[train]", "k=8", "gate_split=val", "gate.allow_weaker=true",
+            "--no-progress"]
     kssgan("anonymize", *args, f"out={tmp_path / 'fallback'}", check=True)
     gate = json.loads((tmp_path / "fallback" / "private" / "gate.json").read_text())
     assert gate["shipped"] == "ksame_aligned" and "fewer than k=8" in gate["generator"]["reasons"][0]
     manifest = json.loads((tmp_path / "fallback" / "release" / "manifest.json").read_text())
     assert manifest["deidentification"] == "ksame_aligned" and manifest["images"] == 320
+    # The public manifest says how the release was tested, weaker settings included.
+    assert manifest["gate"]["decision"] == "ksame_aligned"
+    assert manifest["gate"]["weaker_than_default"] == ["gate_split=val"]
+    assert manifest["gate"]["generator"]["passed"] is False and manifest["gate"]["settings"]["allow_weaker"] is True
     refused = kssgan("anonymize", *args, f"out={tmp_path / 'refused'}", "gate.fallback=refuse")
     assert refused.returncode != 0 and "failed the release gate" in refused.stderr
     assert not (tmp_path / "refused" / "release").exists()
+
+
+def test_a_weaker_gate_needs_allow_weaker(demo_data: Path, gan_run: Path, tmp_path: Path) -> None:
+    weak = ["gate.tolerance=0.95", "gate.attackers=[lowpass8]", "gate.probes_per_identity=1",
+            "gate.min_faces_detected=0"]
+    for settings in (weak, ["gate_split=train"]):
+        refused = kssgan("anonymize", f"gan={gan_run}", f"data={demo_data}", "splits=[train]", *settings,
+                         f"out={tmp_path / 'weak'}", "--no-progress")
+        assert refused.returncode == 2 and "gate.allow_weaker=true" in refused.stderr, refused.stderr
+        assert all(s.split("=")[0] in refused.stderr for s in settings), refused.stderr
+        assert not (tmp_path / "weak").exists()
 
 
 def test_a_folder_goes_through_prep(orl_folder: Path, gan_run: Path, tmp_path: Path) -> None:
