@@ -82,6 +82,16 @@ def landmark_drift(source: list[np.ndarray | None], output: list[np.ndarray | No
     return (float(np.mean(drifts)) if drifts else None), found / max(len(output), 1)
 
 
+def pose_spread(offsets: np.ndarray, groups: np.ndarray) -> float | None:
+    """How much pose and expression vary inside each group (a cluster): the RMS distance of the group's
+    pose offsets [N, 5, 2] from their mean, in pixels, averaged over groups; None without offsets."""
+    flat = offsets.reshape(len(offsets), -1).astype(np.float64)
+    known = np.isfinite(flat).all(axis=1)
+    spreads = [np.sqrt(((rows - rows.mean(0)) ** 2).sum(1).mean())
+               for g in np.unique(groups) if len(rows := flat[known & (groups == g)]) > 1]
+    return float(np.mean(spreads)) if spreads else None
+
+
 def faces_detected(images: np.ndarray, detector: Any) -> float:
     """Share of images in which `detector` (recognizers.YuNet) finds a face, each upscaled as the
     recognizers see it; 0 for no images."""

@@ -31,7 +31,7 @@ from kssgan_hpc import __version__
 from kssgan_hpc.artefacts import load_generator, load_siamese
 from kssgan_hpc.attack.attackers import make_attacker
 from kssgan_hpc.attack.kid import kernel_inception_distance
-from kssgan_hpc.attack.measures import landmark_drift, psnr, ssim
+from kssgan_hpc.attack.measures import landmark_drift, pose_spread, psnr, ssim
 from kssgan_hpc.attack.population import Population, attack_population, population_of
 from kssgan_hpc.attack.recognizers import SFaceRecognizer, YuNet, upscale
 from kssgan_hpc.config.release import EvaluateConfig
@@ -169,7 +169,11 @@ def evaluate_population(pop: Population, reference: np.ndarray, cfg: EvaluateCon
         kid, kid_std = kernel_inception_distance(reference, sface.embed(outputs["probes"]), subsets=50,
                                                  subset_size=200, seed=cfg.seed)
         bound = None if k is None else 1 / k + cfg.tolerance
-        entry.update({
+        # Utility kept: the pose variety inside each cluster (each person without one) against the sources'.
+        groups = outputs.get("clusters", pop.probe_ids)
+        variety = {"released": pose_spread(outputs["released"][0].offsets, groups),
+                   "sources": pose_spread(methods["original"]["released"][0].offsets, groups)}
+        entry.update({"pose_variety_px": variety,
             "k": k, "k_bound": None if k is None else 1 / k,
             "within_bound": None if bound is None else entry["worst"]["rank1"] <= bound,
             "faces_detected": found, "landmark_drift_iod": drift, "ssim": float(ssim(probes, outputs["probes"]).mean()),
@@ -264,7 +268,8 @@ def _sheets(cfg: EvaluateConfig, out: Path, summary: dict[str, Any],
 
 
 def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per population and method: rank-1 per attacker, the worst, its p-value, faces, drift, SSIM, KID."""
+    """One row per population and method: rank-1 per attacker, the worst, its p-value, faces, drift, SSIM, KID,
+    and the pose variety kept inside clusters (released / sources)."""
     rows = []
     for label, population in report["populations"].items():
         for method, entry in population["methods"].items():
@@ -272,9 +277,14 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
             row.update({name: result["rank1"] for name, result in entry["attackers"].items()})
             row.update({"worst": entry["worst"]["rank1"], "p": entry["worst"]["p_value"],
                         "faces": entry["faces_detected"], "drift": entry["landmark_drift_iod"],
-                        "ssim": entry["ssim"], "kid": entry["kid"]})
+                        "ssim": entry["ssim"], "kid": entry["kid"], "variety": _ratio(entry["pose_variety_px"])})
             rows.append(row)
     return rows
+
+
+def _ratio(variety: dict[str, float | None]) -> float | None:
+    released, sources = variety["released"], variety["sources"]
+    return None if released is None or not sources else released / sources
 
 
 def verdicts(report: dict[str, Any]) -> dict[str, Any]:

@@ -51,6 +51,10 @@ def test_report_fields(report: dict) -> None:
             assert -1 <= entry["ssim"] <= 1 and 0 <= entry["faces_detected"] <= 1
             assert entry["expression_accuracy"] is None  # the demo faces carry no expression labels
             assert entry["kid"] == pytest.approx(entry["kid"])
+            # Drawn cues keep the clusters' variety of poses: the released spread is the sources' own kind.
+            if method.startswith(("ksame_aligned", "kssgan")):
+                variety = entry["pose_variety_px"]
+                assert variety["released"] > 0 and variety["sources"] > 0
         assert population["methods"]["kssgan@4"]["k_bound"] == 0.25
         assert population["methods"]["original"]["ssim"] == pytest.approx(1.0)
     assert training["anonymity"]["4"] == {"clusters": 8, "min_identities_per_cluster": 4,
