@@ -20,7 +20,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import binom, binomtest
 
 from kssgan_hpc.attack.measures import cmc, identity_gallery
 from kssgan_hpc.config.gate import ALL_ATTACKERS, CUE_ATTACKERS
@@ -115,6 +115,22 @@ def p_value(rank1: float, probes: int, k: int | None) -> float | None:
     if k is None or probes == 0:
         return None
     return float(binomtest(int(round(rank1 * probes)), probes, 1 / k, alternative="greater").pvalue)
+
+
+def detectable_excess(probes: int, k: int, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """The smallest excess of rank-1 over 1/k that `probes` probes reveal (the one-sided binomial test
+    at `alpha` rejects "no better than 1/k" with probability >= `power`); None without probes. An
+    excess below it can pass unseen: the gate reports it beside its tolerance."""
+    if probes == 0:
+        return None
+    # The least count of correct probes that the test calls significant...
+    critical = int(binom.isf(alpha, probes, 1 / k)) + 1
+    # ...and the least true rank-1 at which that count is reached often enough.
+    for step in range(1, 1001):
+        rate = 1 / k + step / 1000 * (1 - 1 / k)
+        if binom.sf(critical - 1, probes, rate) >= power:
+            return rate - 1 / k
+    return 1 - 1 / k
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kssgan_hpc.attack.attackers import make_attacker
+from kssgan_hpc.attack.attackers import detectable_excess, make_attacker
 from kssgan_hpc.attack.measures import faces_detected
 from kssgan_hpc.attack.population import attack_population, population_of
 from kssgan_hpc.attack.recognizers import YuNet
@@ -74,6 +74,8 @@ class HeldOutAttack:
         gallery = run(pop.gallery_rows) if "parrot" in self.attackers else None
         measured = attack_population(pop, probes, gallery, self.k, self.attackers, self.cache, self.released)
         measured["faces_detected"] = faces_detected(probes, self.detector)
+        # What this many probes can see at all: an excess over 1/k below it passes unseen.
+        measured["detectable_excess"] = detectable_excess(len(pop.probe_rows), self.k)
         reasons = verdict(measured, self.k, self.cfg)
         return {"method": method, "passed": not reasons, "reasons": reasons, "k": self.k,
                 "split": pop.data.split, "identities": pop.identities, "probes": len(pop.probe_rows), **measured}

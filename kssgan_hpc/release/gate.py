@@ -47,6 +47,10 @@ def gate_release(cfg: AnonymizeConfig, path: Path, data_dir: Path, siamese: torc
         else:
             log.info("gate: the generator passed on held-out people (worst attacker %s: rank-1 %.3f, faces %.3f)",
                      measured["worst"]["attacker"], measured["worst"]["rank1"], measured["faces_detected"])
+        if measured.get("detectable_excess", 0) > cfg.gate.tolerance:
+            log.warning("gate: %d probes reveal an excess over 1/k of %.3f or more only (tolerance %.3f): add "
+                        "held-out people or probes for a sharper test", measured["probes"],
+                        measured["detectable_excess"], cfg.gate.tolerance)
         atomic_write_json(path, {"shipped": method, "generator": measured, "ksame_aligned": fallback,
                                  "gate": dataclasses.asdict(cfg.gate)})
     barrier()
@@ -64,7 +68,7 @@ def public_record(cfg: AnonymizeConfig, gate: dict[str, Any]) -> dict[str, Any]:
     def measured(result: dict[str, Any] | None) -> dict[str, Any] | None:
         if result is None:
             return None
-        keys = ("passed", "reasons", "k", "identities", "probes", "faces_detected", "worst")
+        keys = ("passed", "reasons", "k", "identities", "probes", "faces_detected", "detectable_excess", "worst")
         return {**{key: result[key] for key in keys if key in result},
                 "attackers": {name: {"rank1": a["rank1"], "p_value": a["p_value"]}
                               for name, a in result.get("attackers", {}).items()}}

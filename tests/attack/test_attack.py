@@ -82,3 +82,17 @@ def test_too_few_held_out_people_is_a_failed_gate(demo_data: Path, siamese_run: 
     gate = HeldOutAttack(FaceShards(demo_data, "val"), siamese, siamese_run, 8, GateConfig(attackers=["lowpass8"]))
     result = gate.measure("ksame_aligned")
     assert not result["passed"] and "fewer than k=8" in result["reasons"][0]
+
+
+def test_the_gate_knows_what_its_probes_can_see() -> None:
+    from scipy.stats import binom
+
+    from kssgan_hpc.attack.attackers import detectable_excess
+
+    excess = detectable_excess(80, 4)
+    critical = int(binom.isf(0.05, 80, 0.25)) + 1  # the least significant count of correct probes
+    assert binom.sf(critical - 1, 80, 0.25) <= 0.05
+    assert binom.sf(critical - 1, 80, 0.25 + excess) >= 0.8 > binom.sf(critical - 1, 80, 0.25 + excess - 0.01)
+    # 80 probes cannot see the 0.05 tolerance; about 500 can.
+    assert excess > 0.1 and detectable_excess(500, 4) < 0.055 and detectable_excess(20, 4) > excess
+    assert detectable_excess(0, 4) is None
