@@ -17,8 +17,8 @@ from a secret seed (drawn per release with `secrets`, kept in out/private/settin
   expression, pose, gaze, attributes   the utility labels of the image whose cues the face shows
 and nothing that points back (no source names, digests, landmarks or quads; PNGs carry no
 metadata). What stays with the data holder, in out/private/: which source identity went to which
-cluster, the gate's verdict, and mapping.jsonl (release image -> prepped source_index) for audits
-and withdrawal requests.
+cluster, the gate's verdict, and mapping.jsonl (release image -> prepped source_index, and the
+source_index whose cues it shows) for audits and withdrawal requests.
 
 Streaming (one batch in memory), resumable per shard (a shard with a matching record is kept),
 multi-process under torchrun: rank r writes shards r, r + world, ...; rank 0 writes the manifest.
@@ -211,8 +211,10 @@ def _write_shard(cfg: AnonymizeConfig, data: FaceShards, indices: np.ndarray, in
                     Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(
                         png_dir / f"{first_id + start + j:07d}.png")
         info = writer.close()
-    mapping = "".join(json.dumps({"split": split, "release_index": first_id + j, "source_index": int(origin[row])})
-                      + "\n" for j, row in enumerate(indices))
+    # Which source each released image stands for, and whose cues it shows (for audits and withdrawals).
+    mapping = "".join(json.dumps({"split": split, "release_index": first_id + j, "source_index": int(origin[row]),
+                                  "cue_source_index": int(origin[shown[row]])}) + "\n"
+                      for j, row in enumerate(indices))
     atomic_write_text(state / f"{path.name}.mapping.jsonl", mapping)
     atomic_write_json(record, {"name": info.name, "split": split, "images": info.images, "sha256": info.sha256,
                                "bytes": info.bytes})

@@ -169,6 +169,11 @@ def test_the_order_is_secret_per_release_and_the_mapping_is_complete(release: Pa
         identity_of = dict(zip(prepped[split]["source_index"].tolist(), prepped[split]["identity"].tolist()))
         released = released_identities(release, split)
         assert all(released[m["release_index"]] == cluster_of[identity_of[m["source_index"]]] for m in rows)
+        # Each face shows the cues of an image of its own cluster, each image's cues shown once.
+        assert all(cluster_of[identity_of[m["cue_source_index"]]] == cluster_of[identity_of[m["source_index"]]]
+                   for m in rows)
+        assert sorted(m["cue_source_index"] for m in rows) == sorted(m["source_index"] for m in rows)
+        assert sum(m["cue_source_index"] != m["source_index"] for m in rows) > len(rows) / 2
         if split == "train":  # PNG names are release indices
             assert {int(p.stem) for p in (release / "release" / "png" / split).glob("*.png")} == set(range(len(rows)))
 
