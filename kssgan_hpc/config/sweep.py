@@ -91,7 +91,8 @@ class SweepConfig:
     """Abort (cancelling the trials in flight) once more than this share of finished trials failed,
     counted from num_workers finished trials on."""
     max_resubmits: int = 1
-    """On --resume, a trial whose job is gone from the scheduler is resubmitted this many times."""
+    """On --resume, a trial whose job is gone from the scheduler, or never got its pickled task (the driver
+    died while submitting it), is resubmitted this many times."""
     poll_s: float = 2.0
     """Seconds between polls of the jobs in flight."""
     trial: JobConfig = field(default_factory=lambda: JobConfig(executor="local", name="kssgan-trial", time_min=30))

@@ -318,6 +318,13 @@ class Sweep:
                     trial.job_id, trial.status, trial.submissions, trial.submitted = found, "running", 1, trial.asked
                     log.info("trial %d: found its job %s, submitted before the driver stopped", trial.trial, found)
             handle = None if trial.job_id is None else attach_job(self.cfg.trial, self.out / "submitit", trial.job_id)
+            if handle is not None and not handle.paths.submitted_pickle.exists():
+                # The driver died between sbatch and submitit moving the pickled task into the job's
+                # folder: the job can never run its task. Cancel it; the trial is submitted again.
+                log.warning("trial %d: job %s has no pickled task (the driver stopped while submitting it); "
+                            "cancelling it", trial.trial, trial.job_id)
+                handle.cancel(check=False)
+                handle = None
             if handle is not None and job_status(handle) != "gone":
                 self.handles[trial.trial] = handle
                 log.info("trial %d: re-attached job %s", trial.trial, trial.job_id)

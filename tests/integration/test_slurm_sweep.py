@@ -140,3 +140,37 @@ def test_a_job_submitted_but_not_recorded_is_found_by_its_name(tmp_path: Path) -
         assert find_submitted(load_config(JobConfig, overrides=["executor=local"]), name, asked) is None
     finally:
         subprocess.run(["scancel", job], timeout=30)
+
+
+def test_a_job_without_its_pickled_task_is_cancelled_and_its_trial_resubmitted(sweep_file, tmp_path: Path) -> None:
+    """The driver killed after sbatch but before submitit moved the pickled task into the job's folder:
+    that job can never run it. --resume finds the job by its name, cancels it and submits the trial
+    again; the trial completes and is not counted as a failure."""
+    from kssgan_hpc.config import load_config
+    from kssgan_hpc.config.sweep import SweepConfig
+    from kssgan_hpc.sweep.driver import Sweep, Trial
+    from kssgan_hpc.sweep.space import plain
+
+    path = sweep_file(name=f"orphan{os.getpid()}", budget=1, num_workers=1, trial=TRIAL, trial_overrides=BUDGET)
+    cfg = load_config(SweepConfig, path)
+    first = Sweep(cfg)
+    first._open(resume=False)
+    # What the driver had done when it died: the trial asked and saved; its job submitted by sbatch,
+    # with the trial's name, but no pickled task in the job's folder and no job id recorded.
+    candidate = first.optimizer.ask()
+    trial = Trial(trial=0, params=plain(candidate.value), asked=time.time() - 1)
+    first.trials.append(trial)
+    first.pending[0] = candidate
+    first.save()
+    first.tb.close()
+    orphan = subprocess.run(["sbatch", "--parsable", "--job-name", first._job_name(trial), "--begin=now+600",
+                             f"--output={tmp_path}/%j.out", "--wrap", "sleep 600"],
+                            capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    try:
+        best = Sweep(cfg).run(resume=True)
+    finally:
+        subprocess.run(["scancel", orphan], timeout=30)
+    after = trials(Path(cfg.out))
+    assert best is not None and after[0]["status"] == "completed" and after[0]["submissions"] == 2, after
+    assert after[0]["job_id"] != orphan
+    assert wait_for_jobs([orphan], records=1, timeout=120) == {orphan: "CANCELLED"}
