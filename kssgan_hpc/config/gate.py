@@ -8,9 +8,9 @@ from typing import Literal
 from kssgan_hpc.config.core import ConfigError
 
 ATTACKERS = ("siamese", "dlib", "sface", "lowpass8", "lowpass16", "eigenfaces", "parrot")
-"""Re-identification attackers that read the faces (kssgan_hpc/attack/attackers.py); each has a gallery of originals."""
+"""Attackers that read the faces (kssgan_hpc/attack/attackers.py); each has a gallery of originals."""
 CUE_ATTACKERS = ("posehabit", "labels")
-"""Attackers that read what a face carries beyond its cluster: its pose and labels (kssgan_hpc/attack/cues.py)."""
+"""Attackers that read what a face carries beyond its cluster, pose and labels (kssgan_hpc/attack/cues.py)."""
 ALL_ATTACKERS = ATTACKERS + CUE_ATTACKERS
 
 
