@@ -8,6 +8,7 @@ the new one, never half of either. A temp file whose writer died is found by `st
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -15,6 +16,8 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from kssgan_hpc.errors import InputError
 
 
 def temp_path(path: str | Path) -> Path:
@@ -85,3 +88,19 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing) or fail at once: two writers of one
+    shared record (a ledger) must not interleave their read-check-write. `what` names the holder's
+    work in the error."""
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{path}: locked by another process ({what}); wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

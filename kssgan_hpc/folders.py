@@ -16,7 +16,7 @@ from pathlib import Path
 from kssgan_hpc import __version__
 from kssgan_hpc.errors import InputError
 
-KINDS = ("data", "siamese", "gan", "clusters", "release", "report", "sweep")
+KINDS = ("data", "siamese", "gan", "clusters", "release", "report", "sweep", "ledger")
 MARKER = ".kssgan-folder.json"
 
 

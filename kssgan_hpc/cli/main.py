@@ -17,11 +17,13 @@ from kssgan_hpc.cli import (
     submit,
     sweep,
     train,
+    withdraw,
 )
 from kssgan_hpc.errors import EXIT_BAD_INPUT, EXIT_FAILED, KssganError
 
 STAGES = {"prep": prep, "inspect": inspect, "train": train, "cluster": cluster, "anonymize": anonymize,
-          "evaluate": evaluate, "pipeline": pipeline, "submit": submit, "sweep": sweep}
+          "evaluate": evaluate, "pipeline": pipeline, "submit": submit, "sweep": sweep,
+          "withdraw": withdraw}
 
 
 def main(argv: list[str] | None = None) -> int:

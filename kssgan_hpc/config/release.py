@@ -45,6 +45,14 @@ class AnonymizeConfig:
     cues: Literal["cluster", "own"] = "cluster"
     """Whose cues (pose, expression, labels) each face shows: an image of its cluster drawn by a secret
     permutation (cluster), or its source's own (own: they identify people within their cluster)."""
+    ledger: str | None = None
+    """The dataset's private ledger of releases (release/ledger.py), read and extended by every release;
+    default <data>/ledger, with `input` <input>.ledger beside the input folder."""
+    sticky_clusters: bool = True
+    """People released before keep their cluster (and the cluster what it first released); false
+    re-clusters everyone, which the ledger refuses wherever it would break k over time."""
+    withdrawal_slack: int = 1
+    """New clusters hold k + this many people, so that a withdrawal leaves k."""
     gate_split: str = "test"
     """Held-out people (never trained on) on whom the generator is attacked before anything is
     written; with `input`, the input's people."""
@@ -70,9 +78,24 @@ class AnonymizeConfig:
                               "it anyway set gate.allow_weaker=true (the public manifest then says so)")
         if self.batch_size < 1 or self.images_per_shard < 1:
             raise ConfigError("batch_size and images_per_shard must be >= 1")
+        if self.withdrawal_slack < 0:
+            raise ConfigError(f"withdrawal_slack={self.withdrawal_slack} is invalid; use 0 or more people")
         for split in self.splits:
             if split not in ("train", "val", "test"):
                 raise ConfigError(f"splits: {split!r} is not one of train, val, test")
+
+
+@dataclass(kw_only=True)
+class WithdrawConfig:
+    people: list[str] = field(default_factory=list)
+    """Source identity names (as in the dataset's sources.jsonl: the input's folder names) who leave."""
+    data: str = "runs/demo/data"
+    """The dataset whose releases they leave (its ledger is <data>/ledger unless `ledger` says)."""
+    ledger: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.people:
+            raise ConfigError("people=[...] is empty: name who withdraws (a source identity name)")
 
 
 @dataclass(kw_only=True)

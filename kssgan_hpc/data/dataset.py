@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -83,17 +84,28 @@ class FaceShards(Dataset):
             self.labels["landmarks"] = np.zeros((0, 5, 2), np.float32)
         self._files: dict[int, h5py.File] = {}
         self._pid = os.getpid()
+        self.rows: np.ndarray | None = None
+        """When a subset: the rows of the split it holds (subset())."""
+
+    def subset(self, rows: np.ndarray) -> FaceShards:
+        """The same split restricted to `rows` (e.g. without the people who withdrew), indexed 0..len(rows)-1."""
+        view = copy.copy(self)
+        view._files = {}
+        view.rows = np.asarray(rows, np.int64) if self.rows is None else self.rows[np.asarray(rows, np.int64)]
+        view.labels = {name: value[np.asarray(rows, np.int64)] for name, value in self.labels.items()}
+        return view
 
     def __len__(self) -> int:
-        return self.offsets[-1]
+        return self.offsets[-1] if self.rows is None else len(self.rows)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images in split '{self.split}'")
-        shard = bisect.bisect_right(self.offsets, index) - 1
-        image = self._read_image(shard, index - self.offsets[shard])
+        stored = index if self.rows is None else int(self.rows[index])
+        shard = bisect.bisect_right(self.offsets, stored) - 1
+        image = self._read_image(shard, stored - self.offsets[shard])
         labels = {name: int(self.labels[name][index]) for name in LABELS if name != "attributes"}
         labels["attributes"] = torch.from_numpy(self.labels["attributes"][index].astype(np.int64))
         labels["landmarks"] = torch.from_numpy(self.labels["landmarks"][index].astype(np.float32))
@@ -112,7 +124,8 @@ class FaceShards(Dataset):
         index[index < 0] += len(self)
         if count and not (0 <= index.min() and index.max() < len(self)):
             raise IndexError(f"batch indices out of range for {len(self)} images in split '{self.split}'")
-        for row, i in enumerate(index.tolist()):
+        stored = index if self.rows is None else self.rows[index]
+        for row, i in enumerate(stored.tolist()):
             shard = bisect.bisect_right(self.offsets, i) - 1
             self._read_image(shard, i - self.offsets[shard], out=buffer[row])
         labels = {name: self.labels[name][index].astype(np.int64) for name in LABELS}

@@ -43,6 +43,19 @@ class IdentityStatistics:
     thumbnail_ids: np.ndarray | None = None
     """[images] the identity of each thumbnail."""
 
+    def of(self, rows: np.ndarray) -> IdentityStatistics:
+        """The statistics of some of these people (`rows` of `ids`), in the same frame."""
+        rows = np.asarray(rows, np.int64)
+
+        def pick(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[rows]
+
+        thumbs = None if self.thumbnail_ids is None else np.isin(self.thumbnail_ids, self.ids[rows])
+        return IdentityStatistics(self.ids[rows], self.embeddings[rows], pick(self.faces), pick(self.aligned),
+                                  self.frame, pick(self.landmarks),
+                                  None if thumbs is None else self.thumbnails[thumbs],
+                                  None if thumbs is None else self.thumbnail_ids[thumbs])
+
 
 def identity_landmarks(data: FaceShards, ids: np.ndarray) -> np.ndarray:
     """Per identity (rows in `ids` order), the mean of its images' 5 landmarks: the geometry that is
@@ -112,22 +125,30 @@ class KSame:
     geometry out of the landmark cue."""
     duplicates: Duplicates | None = None
     """Identities found to be one person, and merged (each cluster then counts people)."""
+    cluster_landmarks: np.ndarray | None = None
+    """[clusters, 5, 2] the mean geometry of each cluster's people (each person weighs the same); given
+    when frozen by an earlier release (release/ledger.py), else computed from `identity_landmarks`."""
 
     def __post_init__(self) -> None:
         self._cluster = {int(self.ids[i]): c for c, group in enumerate(self.groups) for i in group}
         self._row = {int(identity): row for row, identity in enumerate(self.ids)}
-        self.cluster_landmarks = None if self.identity_landmarks is None else np.stack(
-            [np.nanmean(self.identity_landmarks[group], axis=0) for group in self.groups]).astype(np.float32)
-        """[clusters, 5, 2] the mean geometry of each cluster's people (each person weighs the same)."""
+        if self.cluster_landmarks is None and self.identity_landmarks is not None:
+            self.cluster_landmarks = np.stack([np.nanmean(self.identity_landmarks[group], axis=0)
+                                               for group in self.groups]).astype(np.float32)
 
     def pose_landmarks(self, identities: np.ndarray | torch.Tensor, landmarks: np.ndarray | torch.Tensor) -> np.ndarray:
         """The landmark cue with the person taken out: the image's offset from its person's mean
         landmarks (pose, expression) carried onto its cluster's mean landmarks. The raw landmarks
         identify people (the parrot attack; README, threat model); what is left of a person's
         geometry is the cluster's, shared by >= k."""
+        return self.posed(identities, self.pose_offsets(identities, landmarks))
+
+    def posed(self, identities: np.ndarray | torch.Tensor, offsets: np.ndarray) -> np.ndarray:
+        """[N, 5, 2] pose offsets (pose_offsets, of any image of the cluster) carried onto the clusters'
+        mean landmarks of `identities`."""
         if self.cluster_landmarks is None:
             raise ValueError("this k-Same clustering has no landmark statistics")
-        return self.cluster_landmarks[self.clusters_of(identities)] + self.pose_offsets(identities, landmarks)
+        return self.cluster_landmarks[self.clusters_of(identities)] + np.asarray(offsets, np.float32)
 
     def pose_offsets(self, identities: np.ndarray | torch.Tensor, landmarks: np.ndarray | torch.Tensor) -> np.ndarray:
         """[N, 5, 2] each image's landmarks minus its person's mean landmarks: the pose and expression

@@ -16,6 +16,7 @@ members apart, and the cluster keeps exactly its sources' variety of poses and e
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,14 @@ from kssgan_hpc.ksame.build import KSame
 
 METHODS = ("kssgan", "ksame_aligned")
 CUE_POLICIES = ("cluster", "own")
+
+
+def drawn_entries(count: int, pool: int, seed: list[int]) -> np.ndarray:
+    """`count` entries of a pool of `pool` cues, drawn without replacement from `seed` (one
+    permutation after another when more are needed than the pool holds)."""
+    rng = np.random.default_rng(seed)
+    rounds = [rng.permutation(pool) for _ in range(-(-count // pool))] if pool else []
+    return np.concatenate(rounds)[:count] if rounds else np.zeros(0, np.int64)
 
 
 def draw_cues(identities: np.ndarray, clustering: KSame, secret: int, policy: str = "cluster",
@@ -43,8 +52,57 @@ def draw_cues(identities: np.ndarray, clustering: KSame, secret: int, policy: st
     for cluster in np.unique(clusters):
         rows = np.flatnonzero(clusters == cluster)
         # Its own stream per cluster: a cluster's draw does not depend on the others'.
-        drawn[rows] = rows[np.random.default_rng([secret, 1, int(cluster), replica]).permutation(len(rows))]
+        drawn[rows] = rows[drawn_entries(len(rows), len(rows), [secret, 1, int(cluster), replica])]
     return drawn
+
+
+@dataclass
+class CuePool:
+    """What a cluster's faces show beyond the cluster, one entry per image it was read from: the pose
+    offset (landmarks minus the person's mean) and the labels that go with it. A release draws its
+    faces' cues from its clusters' pools; a later release of the same cluster draws from the pool as
+    first released (release/ledger.py), so that a withdrawal cannot show whose cues went missing."""
+
+    offsets: np.ndarray
+    """[N, 5, 2] float32 (NaN: the image had no landmarks)."""
+    labels: dict[str, np.ndarray]
+    """expression, pose, gaze [N] and attributes [N, A], int64."""
+    source: np.ndarray
+    """[N] int64 source_index of the image each entry was read from (private; -1: its person withdrew)."""
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def take(self, entries: np.ndarray) -> CuePool:
+        return CuePool(self.offsets[entries], {name: value[entries] for name, value in self.labels.items()},
+                       self.source[entries])
+
+
+POOL_LABELS = ("expression", "pose", "gaze", "attributes")
+
+
+def cue_pool(clustering: KSame, labels: dict[str, Any], rows: np.ndarray, origin: np.ndarray) -> CuePool:
+    """The pool of the images `rows` of a split (FaceShards.labels, `origin`: their source_index)."""
+    return CuePool(clustering.pose_offsets(labels["identity"][rows], labels["landmarks"][rows]).astype(np.float32),
+                   {name: np.asarray(labels[name][rows]).astype(np.int64) for name in POOL_LABELS},
+                   np.asarray(origin[rows], np.int64))
+
+
+def draw_from_pools(clusters: np.ndarray, pools: list[CuePool], secret: int) -> tuple[CuePool, np.ndarray]:
+    """For images of the given clusters (dataset order): the cues each face shows, drawn from its
+    cluster's pool by (`secret`, cluster) as draw_cues draws rows; and which entry of its pool each is."""
+    offsets = np.full((len(clusters), 5, 2), np.nan, np.float32)
+    labels: dict[str, np.ndarray] = {}
+    source, entries = np.zeros(len(clusters), np.int64), np.zeros(len(clusters), np.int64)
+    for cluster in np.unique(clusters):
+        rows = np.flatnonzero(clusters == cluster)
+        pool = pools[cluster]
+        entries[rows] = drawn_entries(len(rows), len(pool), [secret, 1, int(cluster), 0])
+        drawn = pool.take(entries[rows])
+        offsets[rows], source[rows] = drawn.offsets, drawn.source
+        for name, value in drawn.labels.items():
+            labels.setdefault(name, np.zeros((len(clusters), *value.shape[1:]), np.int64))[rows] = value
+    return CuePool(offsets, labels, source), entries
 
 
 def cue_labels(labels: dict[str, Any], rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -70,8 +128,8 @@ def noise(keys: np.ndarray, z_dim: int, seed: int) -> torch.Tensor:
 def deidentify(method: str, clustering: KSame, cues: dict[str, np.ndarray], *, generator: torch.nn.Module | None,
                seed: int, keys: np.ndarray | None = None, device: torch.device | str = "cpu",
                batch_size: int = 64) -> np.ndarray:
-    """uint8 [N, H, W, C] faces for the images whose cues are given; `keys` (default 0..N-1) name the
-    images for their noise z."""
+    """uint8 [N, H, W, C] faces for the images whose cues are given (identity, expression, pose and
+    either landmarks or pose `offsets`); `keys` (default 0..N-1) name the images for their noise z."""
     if method not in METHODS:
         raise ValueError(f"unknown de-identification {method!r}; use one of {', '.join(METHODS)}")
     if method == "kssgan" and generator is None:
@@ -81,7 +139,8 @@ def deidentify(method: str, clustering: KSame, cues: dict[str, np.ndarray], *, g
     keys = np.arange(count) if keys is None else np.asarray(keys)
     for start in range(0, count, batch_size):
         part = slice(start, min(start + batch_size, count))
-        posed = clustering.pose_landmarks(cues["identity"][part], cues["landmarks"][part])
+        posed = (clustering.posed(cues["identity"][part], cues["offsets"][part]) if "offsets" in cues else
+                 clustering.pose_landmarks(cues["identity"][part], cues["landmarks"][part]))
         landmarks = torch.from_numpy(posed).to(device)
         base = clustering.base_faces(cues["identity"][part], landmarks, device)
         if method == "kssgan":

@@ -26,6 +26,7 @@ multi-process under torchrun: rank r writes shards r, r + world, ...; rank 0 wri
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -56,9 +57,10 @@ from kssgan_hpc.distributed import barrier, join_process_group
 from kssgan_hpc.errors import InputError
 from kssgan_hpc.files import atomic_write_json, atomic_write_text
 from kssgan_hpc.folders import claim_folder
-from kssgan_hpc.ksame.build import KSame, identity_statistics, ksame
-from kssgan_hpc.ksame.deidentify import cue_labels, deidentify, draw_cues
+from kssgan_hpc.ksame.build import KSame
+from kssgan_hpc.ksame.deidentify import CuePool, cue_pool, deidentify, draw_from_pools
 from kssgan_hpc.release.gate import gate_release, public_record
+from kssgan_hpc.release.ledger import Ledger, check_plans, ledger_folder, ledger_lock, plan_split, record_release
 
 log = logging.getLogger(__name__)
 
@@ -116,35 +118,56 @@ def anonymize(cfg: AnonymizeConfig, progress: bool = True) -> Path:
     splits = ["test"] if cfg.input else cfg.splits
     source = verify_dataset(data_dir, verify) if cfg.input else load_manifest(data_dir)
     release, private = out / "release", out / "private"
+    folder = ledger_folder(cfg)
+    # One release at a time extends the ledger: rank 0 holds its lock from the check to the record.
+    lock = ledger_lock(folder, f"a release to {out}") if env.rank == 0 else contextlib.nullcontext()
     try:
-        weight_files = {"generator": weights, "siamese": siamese_weights(gan_cfg.siamese)[0]}
-        settings = _check_settings(cfg, private / "settings.json", source, weight_files, env.rank)
-        method = gate_release(cfg, private / "gate.json", data_dir, siamese, gan_cfg.siamese, generator, device,
-                              env.rank)
+        with lock:
+            barrier()
+            ledger = Ledger(folder)
+            plans = []
+            for split in splits:
+                data = FaceShards(data_dir, split)
+                if data.resolution != gan_cfg.model.resolution or data.channels != gan_cfg.model.channels:
+                    raise InputError(f"{data_dir}: {data.resolution}px x{data.channels}, the generator in {cfg.gan} "
+                                     f"makes {gan_cfg.model.resolution}px x{gan_cfg.model.channels}")
+                plans.append(plan_split(ledger, cfg, siamese, data, data_dir, source_indices(data), device))
+            weight_files = {"generator": weights, "siamese": siamese_weights(gan_cfg.siamese)[0]}
+            started = private / "settings.json"
+            # A resumed release keeps its settings (checked first) and is in the ledger already.
+            settings = (_check_settings(cfg, started, source, weight_files, folder, env.rank) if started.is_file()
+                        else None)
+            resumed = ledger.release_of(out, settings["secret_seed"]) if settings else None
+            check_plans(ledger, plans, cfg.k, exclude=resumed["id"] if resumed else None)  # before any write
+            settings = settings or _check_settings(cfg, started, source, weight_files, folder, env.rank)
+            method = gate_release(cfg, private / "gate.json", data_dir, siamese, gan_cfg.siamese, generator, device,
+                                  env.rank)
+            if env.rank == 0 and resumed is None:
+                record_release(ledger, cfg, out, data_dir, settings["secret_seed"], plans)
+            barrier()
         release.mkdir(parents=True, exist_ok=True)
         (private / "state").mkdir(parents=True, exist_ok=True)  # per-shard records: the resume points
         offset, summary = 0, {}
-        for split_number, split in enumerate(splits):
-            data = FaceShards(data_dir, split)
-            if data.resolution != gan_cfg.model.resolution or data.channels != gan_cfg.model.channels:
-                raise InputError(f"{data_dir}: {data.resolution}px x{data.channels}, the generator in {cfg.gan} "
-                                 f"makes {gan_cfg.model.resolution}px x{gan_cfg.model.channels}")
-            clustering = ksame(identity_statistics(siamese, data, cfg.batch_size, device), cfg.k, method=cfg.method,
-                               seed=cfg.seed, duplicates=cfg.duplicates)
+        for split_number, plan in enumerate(plans):
+            split, data, clustering = plan.split, plan.data, plan.clustering
             if env.rank == 0:
                 atomic_write_json(private / f"clusters-{split}.json", {
                     "k": cfg.k, "method": cfg.method, "seed": cfg.seed, "split": split, "cluster_offset": offset,
                     "merged": clustering.duplicates.merged, "duplicate_pairs": clustering.duplicates.pairs,
-                    "clusters": [{"cluster": offset + c, "identities": clustering.ids_of(c)}
-                                 for c in range(len(clustering.groups))]})
+                    "clusters": [{"cluster": offset + c, "ledger_cluster": plan.uids[c],
+                                  "identities": clustering.ids_of(c)} for c in range(len(clustering.groups))]})
             secret = settings["secret_seed"] + split_number  # one stream per split
             shards = release_order(len(data), cfg.images_per_shard, secret)
-            origin = source_indices(data)
-            shown = draw_cues(data.labels["identity"], clustering, secret, cfg.cues)  # whose cues each face shows
+            # Whose cues each face shows: drawn from its cluster's pool (as first released), or its own.
+            clusters = clustering.clusters_of(data.labels["identity"])
+            shown, entries = ((cue_pool(clustering, data.labels, np.arange(len(data)), plan.origin), None)
+                              if cfg.cues == "own" else draw_from_pools(clusters, plan.pools, secret))
+            cue_of = [{"ledger_cluster": plan.uids[c], "cue_entry": None if entries is None else int(entries[row])}
+                      for row, c in enumerate(clusters)]
             mine = [i for i in range(len(shards)) if i % env.world_size == env.rank]
             for index in tqdm(mine, desc=f"anonymize {split}", disable=not progress or env.rank != 0):
-                _write_shard(cfg, data, shards[index], index, split, clustering, shown, offset, method, generator,
-                             secret, origin, release, private / "state", device)
+                _write_shard(cfg, data, shards[index], index, split, clustering, shown, cue_of, offset, method,
+                             generator, secret, plan.origin, release, private / "state", device)
             summary[split] = {"images": len(data), "identities": len(clustering.groups), "shards": len(shards),
                               "source_identities": len(clustering.ids)}
             offset += len(clustering.groups)
@@ -159,13 +182,14 @@ def anonymize(cfg: AnonymizeConfig, progress: bool = True) -> Path:
 
 
 def _check_settings(cfg: AnonymizeConfig, path: Path, source: dict[str, Any], weights: dict[str, Path],
-                    rank: int) -> dict[str, Any]:
+                    ledger: Path, rank: int) -> dict[str, Any]:
     """A resumed release must be finished with the settings (and weights) it was started with; a new
     one draws its secret seed here. Returns the settings, secret included (rank 0 writes them)."""
     settings = {"k": cfg.k, "method": cfg.method, "cues": cfg.cues, "seed": cfg.seed,
                 "images_per_shard": cfg.images_per_shard,
                 "splits": cfg.splits, "png": cfg.png, "gate_split": cfg.gate_split,
-                "duplicates": dataclasses.asdict(cfg.duplicates),
+                "duplicates": dataclasses.asdict(cfg.duplicates), "ledger": str(ledger.resolve()),
+                "sticky_clusters": cfg.sticky_clusters, "withdrawal_slack": cfg.withdrawal_slack,
                 **{name: {"file": str(file), "sha256": sha256_file(file)} for name, file in weights.items()},
                 "data_shards": sorted(s["sha256"] for s in source["shards"])}
     if path.is_file():
@@ -183,7 +207,8 @@ def _check_settings(cfg: AnonymizeConfig, path: Path, source: dict[str, Any], we
 
 
 def _write_shard(cfg: AnonymizeConfig, data: FaceShards, indices: np.ndarray, index: int, split: str,
-                 clustering: KSame, shown: np.ndarray, offset: int, method: str, generator: torch.nn.Module,
+                 clustering: KSame, shown: CuePool, cue_of: list[dict[str, Any]], offset: int, method: str,
+                 generator: torch.nn.Module,
                  secret: int, origin: np.ndarray, release: Path, state: Path, device: torch.device) -> None:
     path = release / shard_name(split, index)
     record = state / f"{path.name}.json"
@@ -193,28 +218,31 @@ def _write_shard(cfg: AnonymizeConfig, data: FaceShards, indices: np.ndarray, in
     png_dir = release / "png" / split
     if cfg.png:
         png_dir.mkdir(parents=True, exist_ok=True)
-    labels = data.labels
+    identities = data.labels["identity"]
     with ShardWriter(path, split=split, index=index, resolution=data.resolution, channels=data.channels,
-                     num_attributes=labels["attributes"].shape[1], expected=len(indices), release=True) as writer:
+                     num_attributes=shown.labels["attributes"].shape[1], expected=len(indices), release=True) as writer:
         for start in range(0, len(indices), cfg.batch_size):
             rows = indices[start:start + cfg.batch_size]
-            # Only declared cues are read (of the images drawn for these faces): no source image is opened.
-            outputs = deidentify(method, clustering, cue_labels(labels, shown[rows]), generator=generator, seed=secret,
-                                 keys=rows, device=device, batch_size=cfg.batch_size)
-            clusters = clustering.clusters_of(labels["identity"][rows])
+            # Only declared cues are read (those drawn for these faces): no source image is opened.
+            cues = {"identity": identities[rows], "offsets": shown.offsets[rows],
+                    "expression": shown.labels["expression"][rows], "pose": shown.labels["pose"][rows]}
+            outputs = deidentify(method, clustering, cues, generator=generator, seed=secret, keys=rows, device=device,
+                                 batch_size=cfg.batch_size)
+            clusters = clustering.clusters_of(identities[rows])
             for j, (row, image) in enumerate(zip(rows, outputs)):
-                cue = shown[row]  # the face shows this image's pose and expression: its labels go with it
+                # The face shows the drawn pose and expression: their labels go with it.
                 writer.add(np.ascontiguousarray(image), identity=int(offset + clusters[j]),
-                           expression=int(labels["expression"][cue]), pose=int(labels["pose"][cue]),
-                           gaze=int(labels["gaze"][cue]), attributes=labels["attributes"][cue].astype(np.int64))
+                           expression=int(shown.labels["expression"][row]), pose=int(shown.labels["pose"][row]),
+                           gaze=int(shown.labels["gaze"][row]), attributes=shown.labels["attributes"][row])
                 if cfg.png:
                     Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(
                         png_dir / f"{first_id + start + j:07d}.png")
         info = writer.close()
-    # Which source each released image stands for, and whose cues it shows (for audits and withdrawals).
+    # Which source each released image stands for, and whose cues it shows: the source (null: that person
+    # withdrew) and the entry of its cluster's pool in the ledger (for audits and withdrawals).
     mapping = "".join(json.dumps({"split": split, "release_index": first_id + j, "source_index": int(origin[row]),
-                                  "cue_source_index": int(origin[shown[row]])}) + "\n"
-                      for j, row in enumerate(indices))
+                                  "cue_source_index": int(shown.source[row]) if shown.source[row] >= 0 else None,
+                                  **cue_of[row]}) + "\n" for j, row in enumerate(indices))
     atomic_write_text(state / f"{path.name}.mapping.jsonl", mapping)
     atomic_write_json(record, {"name": info.name, "split": split, "images": info.images, "sha256": info.sha256,
                                "bytes": info.bytes})

@@ -17,7 +17,7 @@ from kssgan_hpc.attack.measures import cmc, identity_gallery, psnr, ssim
 def report(demo_data: Path, gan_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("evaluate")
     kssgan("anonymize", f"gan={gan_run}", f"data={demo_data}", f"out={tmp / 'release'}", "splits=[train]", "k=4",
-           "--no-progress", check=True)
+           f"ledger={tmp / 'ledger'}", "--no-progress", check=True)
     proc = kssgan("evaluate", f"gan={gan_run}", f"data={demo_data}", f"release={tmp / 'release'}",
                   f"out={tmp / 'report'}", "ks=[2,4]", "gallery_per_identity=2", "probes_per_identity=1",
                   "blur_sigma=0", timeout=900)
