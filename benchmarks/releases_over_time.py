@@ -259,7 +259,8 @@ def main() -> None:
             "who_left_by_missing_poses": {"frozen_pool": float(np.mean([t["pose_link_frozen_hit"] for t in trials])),
                                          "recomputed_pool": float(np.mean([t["pose_link_recomputed_hit"]
                                                                            for t in trials]))},
-            "who_left_by_differencing": {"frozen_face": 0.0 if all(t["face_kept"] for t in trials) else None,
+            # A kept face differs from itself by nothing: the attacker is left with a guess (chance).
+            "who_left_by_differencing": {"frozen_face_identical": all(t["face_kept"] for t in trials),
                                          "recomputed_face": float(np.mean([t["differencing_recomputed_hit"]
                                                                            for t in trials]))},
             "chance": float(np.mean([1 / t["person_cluster_size"] for t in trials])),

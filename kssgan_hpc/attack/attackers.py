@@ -117,6 +117,14 @@ def p_value(rank1: float, probes: int, k: int | None) -> float | None:
     return float(binomtest(int(round(rank1 * probes)), probes, 1 / k, alternative="greater").pvalue)
 
 
+def p_within(rank1: float, probes: int, bound: float) -> float | None:
+    """One-sided binomial test of 'the attacker does worse than `bound`': a small p-value is evidence
+    that its rank-1 is within the bound; few probes cannot give that evidence (None without probes)."""
+    if probes == 0:
+        return None
+    return float(binomtest(int(round(rank1 * probes)), probes, min(bound, 1.0), alternative="less").pvalue)
+
+
 def detectable_excess(probes: int, k: int, alpha: float = 0.05, power: float = 0.8) -> float | None:
     """The smallest excess of rank-1 over 1/k that `probes` probes reveal (the one-sided binomial test
     at `alpha` rejects "no better than 1/k" with probability >= `power`); None without probes. An

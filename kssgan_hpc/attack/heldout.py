@@ -3,8 +3,9 @@
 Run before a release ships (release/gate.py: ship, fall back to k-Same-Aligned, or refuse) and at
 every checkpoint of GAN training (train/selection.py: which EMA generator ships). The held-out
 people are k-Same-clustered among themselves, every probe and (for the parrot) gallery image
-de-identified with its own z, and every attacker run. A method passes when the worst attacker's
-rank-1 is <= 1/k + tolerance and YuNet finds a face in enough outputs.
+de-identified with its own z, and every attacker run. A method passes when every attacker's rank-1
+is shown to be <= 1/k + tolerance (the one-sided binomial test at ALPHA: few probes cannot show it;
+`gate.rule=point` only asks the measured rank-1 to be) and YuNet finds a face in enough outputs.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from kssgan_hpc.attack.attackers import detectable_excess, make_attacker
+from kssgan_hpc.attack.attackers import detectable_excess, make_attacker, p_within
 from kssgan_hpc.attack.measures import faces_detected
 from kssgan_hpc.attack.population import attack_population, population_of
 from kssgan_hpc.attack.recognizers import YuNet
-from kssgan_hpc.config.gate import GateConfig
+from kssgan_hpc.config.gate import ALPHA, GateConfig
 from kssgan_hpc.data.dataset import FaceShards
 from kssgan_hpc.ksame.build import KSame, identity_statistics, ksame
 from kssgan_hpc.ksame.deidentify import deidentify
@@ -29,7 +30,14 @@ def verdict(measured: dict[str, Any], k: int, cfg: GateConfig) -> list[str]:
     """Why a measured method fails the gate (empty: it passes)."""
     reasons = []
     bound = 1 / k + cfg.tolerance
-    if measured["worst"]["rank1"] > bound:
+    if cfg.rule == "binomial":
+        for name, attack in measured["attackers"].items():
+            p = attack["p_within_bound"]
+            if p is None or p >= ALPHA:
+                reasons.append(f"{name}: rank-1 {attack['rank1']:.3f} on {attack['probes']} probes does not show "
+                               f"<= 1/k + tolerance = {bound:.3f} (binomial p {'-' if p is None else f'{p:.3f}'} "
+                               f">= {ALPHA}: too close to the bound, or too few probes)")
+    elif measured["worst"]["rank1"] > bound:
         reasons.append(f"{measured['worst']['attacker']} re-identifies {measured['worst']['rank1']:.3f} of held-out "
                        f"probes (> 1/k + tolerance = {bound:.3f})")
     if measured["faces_detected"] < cfg.min_faces_detected:
@@ -73,6 +81,9 @@ class HeldOutAttack:
         probes = run(pop.probe_rows)
         gallery = run(pop.gallery_rows) if "parrot" in self.attackers else None
         measured = attack_population(pop, probes, gallery, self.k, self.attackers, self.cache, self.released)
+        for attack in measured["attackers"].values():  # the evidence that each stays within the bound
+            attack["probes"] = attack.get("probes", len(pop.probe_rows))
+            attack["p_within_bound"] = p_within(attack["rank1"], attack["probes"], 1 / self.k + self.cfg.tolerance)
         measured["faces_detected"] = faces_detected(probes, self.detector)
         # What this many probes can see at all: an excess over 1/k below it passes unseen.
         measured["detectable_excess"] = detectable_excess(len(pop.probe_rows), self.k)

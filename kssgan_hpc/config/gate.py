@@ -14,10 +14,18 @@ CUE_ATTACKERS = ("posehabit", "labels")
 ALL_ATTACKERS = ATTACKERS + CUE_ATTACKERS
 
 
+ALPHA = 0.05
+"""Significance of the gate's binomial test."""
+
+
 @dataclass(kw_only=True)
 class GateConfig:
     tolerance: float = 0.05
-    """A generator passes when every attacker's rank-1 is <= 1/k + tolerance ..."""
+    """A generator passes when every attacker's rank-1 is shown to be <= 1/k + tolerance ..."""
+    rule: Literal["binomial", "point"] = "binomial"
+    """... shown by the one-sided binomial test at ALPHA (binomial: too few probes fail for lack of
+    evidence), or only measured so (point: weaker; a rank-1 just under the bound passes on any
+    number of probes)."""
     min_faces_detected: float = 0.95
     """... and YuNet finds a face in at least this share of its outputs."""
     attackers: list[str] = field(default_factory=lambda: ["siamese", "sface", "lowpass8", "lowpass16",
@@ -29,8 +37,8 @@ class GateConfig:
     """Original images per person in the attacker's gallery; the person's other images are probes."""
     probes_per_identity: int = 5
     allow_weaker: bool = False
-    """A release gated with settings weaker than these defaults (a larger tolerance, fewer attackers,
-    faces, gallery images or probes) is refused unless this is true; the public manifest lists them."""
+    """A release gated with settings weaker than these defaults (a larger tolerance, the point decision,
+    fewer attackers, faces, gallery images or probes) is refused unless this is true; the public manifest lists them."""
 
     def weaker_than_default(self) -> list[str]:
         """The settings that make this gate weaker than the default one, as key=value."""
@@ -40,6 +48,8 @@ class GateConfig:
         weaker += [f"gate.{name}={getattr(self, name)}" for name in ("min_faces_detected", "gallery_per_identity",
                                                                      "probes_per_identity")
                    if getattr(self, name) < getattr(default, name)]
+        if self.rule != default.rule:
+            weaker.append(f"gate.rule={self.rule}")
         missing = [name for name in default.attackers if name not in self.attackers]
         if missing:
             weaker.append(f"gate.attackers without {','.join(missing)}")

@@ -240,6 +240,9 @@ def plan_split(ledger: Ledger, cfg: AnonymizeConfig, siamese: torch.nn.Module, d
             centres = np.stack([stats.embeddings[rows].mean(0) for rows in groups])
             for row in fresh:
                 groups[int(np.argmin(((centres - stats.embeddings[row]) ** 2).sum(1)))].append(row)
+    if not groups:
+        raise InputError(f"{ledger.path}: nobody of split '{data.split}' can be released: everyone in it withdrew "
+                         "or is withheld")
     for uid in ledger.next_uids(sum(u is None for u in uids)):
         uids[uids.index(None)] = uid
     rows = sorted(r for g in groups for r in g)  # the people released (the withheld are not)

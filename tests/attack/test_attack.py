@@ -2,18 +2,15 @@
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
+from helpers import LeakyGenerator
 
 from kssgan_hpc.artefacts import load_siamese
 from kssgan_hpc.config.gate import ATTACKERS, GateConfig
-from kssgan_hpc.config.train import ModelConfig
 from kssgan_hpc.data.dataset import FaceShards
 from kssgan_hpc.attack.attackers import Gallery, make_attacker, run_attack
 from kssgan_hpc.attack.heldout import HeldOutAttack
 from kssgan_hpc.attack.population import population_of
-from kssgan_hpc.data.pixels import to_unit
 from kssgan_hpc.ksame.build import identity_statistics, ksame
 
 FAST = ["siamese", "sface", "lowpass8", "lowpass16", "eigenfaces", "parrot"]
@@ -45,31 +42,12 @@ def test_every_attacker_finds_originals_and_no_attacker_beats_k_same_pixel(peopl
         assert pixel_attack["p_value"] > 0.05
 
 
-class LeakyGenerator(torch.nn.Module):
-    """Planted: a generator that finds its source image (here through its landmark cue, unique per
-    image) and mixes its low frequencies into the base — what the old design did through skips."""
-
-    def __init__(self, data: FaceShards, siamese: torch.nn.Module) -> None:
-        super().__init__()
-        self.cfg = ModelConfig(resolution=data.resolution)
-        images = to_unit(data.__getitems__(list(range(len(data)))).images)
-        clustering = ksame(identity_statistics(siamese, data, 64), 4)  # the gate's own clusters
-        cues = clustering.pose_landmarks(data.labels["identity"], data.labels["landmarks"])
-        self.sources = {cues[i].tobytes(): images[i] for i in range(len(data))}
-
-    def forward(self, base, landmarks, expression, pose, z):  # noqa: ANN001, ANN201
-        source = torch.stack([self.sources[np.asarray(p, np.float32).tobytes()] for p in landmarks.cpu().numpy()])
-        low = torch.nn.functional.interpolate(torch.nn.functional.adaptive_avg_pool2d(source, 8), size=base.shape[-1],
-                                              mode="bilinear", align_corners=False)
-        return (0.5 * base + 0.5 * low).clamp(-1, 1)
-
-
 def test_a_planted_source_pixel_cue_trips_the_gate_and_k_same_aligned_passes(people: FaceShards,
                                                                                siamese_run: Path) -> None:
     siamese, _ = load_siamese(siamese_run)
     # Each face its source's own cues: the planted generator finds its source through them.
-    gate = HeldOutAttack(people, siamese, siamese_run, 4, GateConfig(attackers=FAST, min_faces_detected=0.0),
-                         cues="own")
+    gate = HeldOutAttack(people, siamese, siamese_run, 4,
+                         GateConfig(attackers=FAST, min_faces_detected=0.0, rule="point"), cues="own")
     leaky = gate.measure("kssgan", LeakyGenerator(people, siamese))
     assert not leaky["passed"] and "re-identifies" in leaky["reasons"][0]
     assert leaky["worst"]["rank1"] > 0.5 and leaky["worst"]["p_value"] < 1e-6

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import kssgan
+from helpers import OPEN_GATE, kssgan
 
 from kssgan_hpc.config.gate import ALL_ATTACKERS, ATTACKERS, CUE_ATTACKERS
 from kssgan_hpc.evaluate.baselines import gaussian_blur, ksame_pixel, pixelate
@@ -17,7 +17,7 @@ from kssgan_hpc.attack.measures import cmc, identity_gallery, psnr, ssim
 def report(demo_data: Path, gan_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("evaluate")
     kssgan("anonymize", f"gan={gan_run}", f"data={demo_data}", f"out={tmp / 'release'}", "splits=[train]", "k=4",
-           f"ledger={tmp / 'ledger'}", "--no-progress", check=True)
+           f"ledger={tmp / 'ledger'}", *OPEN_GATE, "--no-progress", check=True)
     proc = kssgan("evaluate", f"gan={gan_run}", f"data={demo_data}", f"release={tmp / 'release'}",
                   f"out={tmp / 'report'}", "ks=[2,4]", "gallery_per_identity=2", "probes_per_identity=1",
                   "blur_sigma=0", timeout=900)

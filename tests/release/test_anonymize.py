@@ -7,7 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from helpers import kssgan, read_shards, sources, torchrun
+from helpers import OPEN_GATE, kssgan, read_shards, sources, torchrun
 from PIL import Image
 
 from kssgan_hpc.data.dataset import FaceShards
@@ -24,7 +24,7 @@ def source_names(data: Path) -> SourceSecrets:
 def release(demo_data: Path, gan_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("release") / "out"
     kssgan("anonymize", f"gan={gan_run}", f"data={demo_data}", f"out={out}", "splits=[train,test]", "k=4",
-           "png=true", "images_per_shard=100", f"ledger={out.parent / 'ledger'}", "--no-progress", check=True)
+           "png=true", "images_per_shard=100", f"ledger={out.parent / 'ledger'}", *OPEN_GATE, "--no-progress", check=True)
     return out
 
 
@@ -123,7 +123,7 @@ def test_interrupted_release_resumes_and_other_settings_are_refused(release: Pat
     (out / "release" / "train-00002.h5").unlink()  # as if killed before this shard was written
     (out / "release" / "manifest.json").unlink()
     args = [f"gan={gan_run}", f"data={demo_data}", f"out={out}", "splits=[train,test]", "k=4", "png=true",
-            "images_per_shard=100", f"ledger={release.parent / 'ledger'}", "--no-progress"]
+            "images_per_shard=100", f"ledger={release.parent / 'ledger'}", *OPEN_GATE, "--no-progress"]
     kssgan("anonymize", *args, check=True)
     again = {r["name"]: r["sha256"] for r in json.loads((out / "release" / "manifest.json").read_text())["shards"]}
     assert again == digests and kept.stat().st_mtime_ns == kept_mtime
@@ -138,7 +138,8 @@ def test_two_ranks_write_the_same_release(release: Path, demo_data: Path, gan_ru
         shutil.copy(release / "private" / name, out / "private" / name)
     shutil.copy(release / MARKER, out / MARKER)  # and so a release folder
     torchrun("anonymize", f"gan={gan_run}", f"data={demo_data}", f"out={out}", "splits=[train,test]", "k=4",
-             "png=true", "images_per_shard=100", f"ledger={release.parent / 'ledger'}", "--no-progress", tmp=tmp_path)
+             "png=true", "images_per_shard=100", f"ledger={release.parent / 'ledger'}", *OPEN_GATE, "--no-progress",
+             tmp=tmp_path)
     one = json.loads((release / "release" / "manifest.json").read_text())
     two = json.loads((out / "release" / "manifest.json").read_text())
     assert two["shards"] == one["shards"]  # same names, counts and sha256
@@ -153,7 +154,7 @@ def test_the_order_is_secret_per_release_and_the_mapping_is_complete(release: Pa
                                                                       gan_run: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     kssgan("anonymize", f"gan={gan_run}", f"data={demo_data}", f"out={other}", "splits=[train,test]", "k=4",
-           "images_per_shard=100", f"ledger={release.parent / 'ledger'}", "--no-progress", check=True)
+           "images_per_shard=100", f"ledger={release.parent / 'ledger'}", *OPEN_GATE, "--no-progress", check=True)
     settings = [json.loads((r / "private" / "settings.json").read_text()) for r in (release, other)]
     assert settings[0]["secret_seed"] != settings[1]["secret_seed"]  # drawn per release, never from config
     assert not np.array_equal(released_identities(release, "train"), released_identities(other, "train"))
@@ -179,22 +180,18 @@ def test_the_order_is_secret_per_release_and_the_mapping_is_complete(release: Pa
             assert {int(p.stem) for p in (release / "release" / "png" / split).glob("*.png")} == set(range(len(rows)))
 
 
-def test_a_generator_that_fails_the_gate_is_not_used(demo_data: Path, gan_run: Path, tmp_path: Path) -> None:
-    # k=8 on a held-out split of 4 people: nothing can be measured, so the generator cannot pass.
-    args = [f"gan={gan_run}", f"data={demo_data}", "splits=[train]", "k=8", "gate_split=val", "gate.allow_weaker=true",
-            f"ledger={tmp_path / 'ledger'}", "--no-progress"]
-    kssgan("anonymize", *args, f"out={tmp_path / 'fallback'}", check=True)
-    gate = json.loads((tmp_path / "fallback" / "private" / "gate.json").read_text())
-    assert gate["shipped"] == "ksame_aligned" and "fewer than k=8" in gate["generator"]["reasons"][0]
-    manifest = json.loads((tmp_path / "fallback" / "release" / "manifest.json").read_text())
-    assert manifest["deidentification"] == "ksame_aligned" and manifest["images"] == 320
-    # The public manifest says how the release was tested, weaker settings included.
-    assert manifest["gate"]["decision"] == "ksame_aligned"
-    assert manifest["gate"]["weaker_than_default"] == ["gate_split=val"]
-    assert manifest["gate"]["generator"]["passed"] is False and manifest["gate"]["settings"]["allow_weaker"] is True
-    refused = kssgan("anonymize", *args, f"out={tmp_path / 'refused'}", "gate.fallback=refuse")
-    assert refused.returncode != 0 and "failed the release gate" in refused.stderr
-    assert not (tmp_path / "refused" / "release").exists()
+def test_the_public_manifest_says_how_the_release_was_tested(release: Path) -> None:
+    gate = json.loads((release / "release" / "manifest.json").read_text())["gate"]
+    assert gate["splits"] == ["test", "train"]  # the held-out people, and every released split's
+    assert gate["decision"] == json.loads((release / "private" / "gate.json").read_text())["shipped"]
+    # The tests' open gate is weaker than the default, and the manifest says so.
+    assert sorted(gate["weaker_than_default"]) == ["gate.min_faces_detected=0.0", "gate.rule=point",
+                                                   "gate.tolerance=0.9"]
+    assert gate["settings"]["allow_weaker"] is True
+    for split in ("train", "test"):
+        attackers = gate["generator"]["splits"][split]["attackers"]
+        assert set(attackers) == set(gate["settings"]["attackers"])
+        assert all(set(a) == {"rank1", "probes", "p_value", "p_within_bound"} for a in attackers.values())
 
 
 def test_a_weaker_gate_needs_allow_weaker(demo_data: Path, gan_run: Path, tmp_path: Path) -> None:
@@ -210,7 +207,8 @@ def test_a_weaker_gate_needs_allow_weaker(demo_data: Path, gan_run: Path, tmp_pa
 
 def test_a_folder_goes_through_prep(orl_folder: Path, gan_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc = kssgan("anonymize", f"gan={gan_run}", f"input={orl_folder}", f"out={out}", "k=3", "--no-progress")
+    proc = kssgan("anonymize", f"gan={gan_run}", f"input={orl_folder}", f"out={out}", "k=3", *OPEN_GATE,
+                  "--no-progress")
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((out / "release" / "manifest.json").read_text())
     assert manifest["splits"] == {"test": {"images": 60, "identities": 3}}  # 12 people, k + slack = 4 each
@@ -226,7 +224,7 @@ def test_a_resume_with_other_weights_is_refused(demo_data: Path, gan_run: Path, 
     for config in gan.glob("checkpoints/*/config.yaml"):  # the copied GAN names the copied Siamese
         config.write_text(config.read_text().replace(str(siamese_run), str(siamese)))
     args = [f"gan={gan}", f"data={demo_data}", f"out={tmp_path / 'out'}", "splits=[test]", "k=4",
-            f"ledger={tmp_path / 'ledger'}", "--no-progress"]
+            f"ledger={tmp_path / 'ledger'}", *OPEN_GATE, "--no-progress"]
     kssgan("anonymize", *args, check=True)
     from safetensors.torch import load_file, save_file
 

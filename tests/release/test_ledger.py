@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import kssgan, sources
+from helpers import OPEN_GATE, kssgan, sources
 
 from kssgan_hpc.data.dataset import FaceShards
 from kssgan_hpc.release.checks import check_release_clusters
@@ -14,7 +14,7 @@ from kssgan_hpc.release.ledger import Ledger
 
 def anonymize(gan_run: Path, demo_data: Path, out: Path, ledger: Path, *more: str, check: bool = True):
     return kssgan("anonymize", f"gan={gan_run}", f"data={demo_data}", f"out={out}", f"ledger={ledger}",
-                  "splits=[train]", "images_per_shard=400", "--no-progress", *more, check=check)
+                  "splits=[train]", "images_per_shard=400", *OPEN_GATE, "--no-progress", *more, check=check)
 
 
 def mapping(out: Path) -> list[dict]:
