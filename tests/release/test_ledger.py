@@ -122,6 +122,12 @@ def test_withdrawal_removes_a_person_and_keeps_everyone_else_at_k(demo_data: Pat
     record = Ledger(ledger).frozen(uid)
     assert (ledger / "clusters" / f"{uid}.safetensors").read_bytes() != template  # only the sources forgotten
     assert (record["source"] == -1).sum() == len(theirs) and np.isin(record["source"], list(theirs)).sum() == 0
+    # What goes missing from release 2's poses is a draw from the pool, not the leaver's own poses
+    # (a pool rebuilt without them would show exactly those: benchmarks/releases_over_time.py).
+    shown_before = {m["cue_entry"] for m in before if m["ledger_cluster"] == uid}
+    missing = shown_before - {m["cue_entry"] for m in released if m["ledger_cluster"] == uid}
+    own = set(np.flatnonzero(record["source"] == -1).tolist())
+    assert len(missing) == len(theirs) and missing != own
 
     # A second leaver from that cluster: the 3 left cannot keep k = 4 and are withheld from then on.
     kssgan("withdraw", f"data={demo_data}", f"ledger={ledger}", f"people=[{second}]", check=True)
