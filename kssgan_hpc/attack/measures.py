@@ -82,10 +82,11 @@ def landmark_drift(source: list[np.ndarray | None], output: list[np.ndarray | No
     return (float(np.mean(drifts)) if drifts else None), found / max(len(output), 1)
 
 
-def pose_spread(offsets: np.ndarray, groups: np.ndarray) -> float | None:
-    """How much pose and expression vary inside each group (a cluster): the RMS distance of the group's
-    pose offsets [N, 5, 2] from their mean, in pixels, averaged over groups; None without offsets."""
-    flat = offsets.reshape(len(offsets), -1).astype(np.float64)
+def spread_within(values: np.ndarray, groups: np.ndarray) -> float | None:
+    """How much rows vary inside each group (a cluster, a person): the RMS distance of a group's rows
+    (pose offsets [N, 5, 2], images [N, H, W, C], ...) from their mean, averaged over groups with 2+
+    known rows; None when there are none."""
+    flat = values.reshape(len(values), -1).astype(np.float64)
     known = np.isfinite(flat).all(axis=1)
     spreads = [np.sqrt(((rows - rows.mean(0)) ** 2).sum(1).mean())
                for g in np.unique(groups) if len(rows := flat[known & (groups == g)]) > 1]
@@ -98,3 +99,20 @@ def faces_detected(images: np.ndarray, detector: Any) -> float:
     from kssgan_hpc.attack.recognizers import upscale
 
     return float(np.mean([detector.detect(upscale(image)) is not None for image in images])) if len(images) else 0.0
+
+
+HIGH_FREQUENCY = 0.25
+"""Cycles per pixel above which a face's spectral energy counts as fine detail (half of Nyquist)."""
+
+
+def high_frequency_share(images: np.ndarray) -> np.ndarray:
+    """Per uint8 image [N, H, W, C]: the share of its (grey, mean-removed) spectral energy above
+    HIGH_FREQUENCY cycles per pixel. Averaging faces loses it (blur), noise fakes it: read it beside
+    KID and faces detected."""
+    grey = images.astype(np.float64).mean(-1)
+    grey -= grey.mean(axis=(1, 2), keepdims=True)
+    power = np.abs(np.fft.fft2(grey)) ** 2
+    fy, fx = np.meshgrid(np.fft.fftfreq(grey.shape[1]), np.fft.fftfreq(grey.shape[2]), indexing="ij")
+    fine = np.sqrt(fx ** 2 + fy ** 2) > HIGH_FREQUENCY
+    total = power.reshape(len(power), -1).sum(1)
+    return power[:, fine].sum(1) / np.maximum(total, 1e-12)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,8 @@ import torch
 from kssgan_hpc import __version__
 from kssgan_hpc.artefacts import load_generator, load_siamese
 from kssgan_hpc.attack.attackers import make_attacker
-from kssgan_hpc.attack.kid import kernel_inception_distance
-from kssgan_hpc.attack.measures import landmark_drift, pose_spread, psnr, ssim
+from kssgan_hpc.attack.kid import kernel_inception_distance, kid_interval
+from kssgan_hpc.attack.measures import high_frequency_share, landmark_drift, psnr, spread_within, ssim
 from kssgan_hpc.attack.population import Population, attack_population, population_of
 from kssgan_hpc.attack.recognizers import SFaceRecognizer, YuNet, upscale
 from kssgan_hpc.config.release import EvaluateConfig
@@ -141,7 +142,21 @@ def _methods(pop: Population, cfg: EvaluateConfig, generator: torch.nn.Module, s
     return methods, anonymity
 
 
-def evaluate_population(pop: Population, reference: np.ndarray, cfg: EvaluateConfig, generator: torch.nn.Module,
+KID_RESAMPLES = 200
+"""Bootstrap resamples behind each KID and fine-detail interval."""
+
+
+@dataclass
+class Reference:
+    """Real faces of the people outside a population, as the realism measures compare against them."""
+
+    features: np.ndarray
+    """[n, d] SFace embeddings (KID's feature space)."""
+    high_frequency: float
+    """Their mean high_frequency_share."""
+
+
+def evaluate_population(pop: Population, reference: Reference, cfg: EvaluateConfig, generator: torch.nn.Module,
                         siamese: torch.nn.Module, attackers: dict[str, Any], detector: YuNet, sface: SFaceRecognizer,
                         device: torch.device) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Every method, every attacker, every measure on one population; also the outputs (for sheets)."""
@@ -171,22 +186,32 @@ def evaluate_population(pop: Population, reference: np.ndarray, cfg: EvaluateCon
         marks_asked = marks_original if shown is None else [marks_of[int(row)] for row in shown]
         drift, found = landmark_drift(marks_asked, [detector.detect(upscale(im)) for im in outputs["probes"]])
         values = psnr(probes, outputs["probes"])
-        kid, kid_std = kernel_inception_distance(reference, sface.embed(outputs["probes"]), subsets=50,
-                                                 subset_size=200, seed=cfg.seed)
+        features = sface.embed(outputs["probes"])
+        kid, kid_std = kernel_inception_distance(reference.features, features, subsets=50, subset_size=200,
+                                                 seed=cfg.seed)
+        # Fine detail against real faces' (1: as sharp as real; averages lose it), with its interval.
+        fine = high_frequency_share(outputs["probes"]) / reference.high_frequency
+        resampled = np.random.default_rng(cfg.seed).choice(fine, (KID_RESAMPLES, len(fine))).mean(1)
         bound = None if k is None else 1 / k + cfg.tolerance
         # Utility kept: the pose variety inside each cluster (each person without one) against the sources'.
         groups = outputs.get("clusters", pop.probe_ids)
-        variety = {"released": pose_spread(outputs["released"][0].offsets, groups),
-                   "sources": pose_spread(methods["original"]["released"][0].offsets, groups)}
-        entry.update({"pose_variety_px": variety,
+        variety = {"released": spread_within(outputs["released"][0].offsets, groups),
+                   "sources": spread_within(methods["original"]["released"][0].offsets, groups)}
+        # And the pixels: a cluster's outputs against one person's real photos (k-Same-Pixel: 0).
+        pixels = {"released": spread_within(outputs["probes"], groups),
+                  "sources": spread_within(probes, pop.probe_ids)}
+        entry.update({"pose_variety_px": variety, "pixel_variety": pixels,
             "k": k, "k_bound": None if k is None else 1 / k,
             "within_bound": None if bound is None else entry["worst"]["rank1"] <= bound,
             "faces_detected": found, "landmark_drift_iod": drift, "ssim": float(ssim(probes, outputs["probes"]).mean()),
             "psnr_db": float(np.mean(values[np.isfinite(values)])) if np.isfinite(values).any() else None,
-            "expression_accuracy": None if expression is None else expression[method], "kid": kid, "kid_std": kid_std})
+            "expression_accuracy": None if expression is None else expression[method], "kid": kid, "kid_std": kid_std,
+            "kid_ci95": kid_interval(reference.features, features, resamples=KID_RESAMPLES, seed=cfg.seed),
+            "high_frequency": float(fine.mean()),
+            "high_frequency_ci95": [float(v) for v in np.percentile(resampled, [2.5, 97.5])]})
         results[method] = entry
     summary = {"split": pop.data.split, "identities": pop.identities, "gallery_images": len(pop.gallery_rows),
-               "probes": len(pop.probe_rows), "kid_reference_images": len(reference), "anonymity": anonymity,
+               "probes": len(pop.probe_rows), "kid_reference_images": len(reference.features), "anonymity": anonymity,
                "methods": results}
     return summary, methods
 
@@ -214,7 +239,8 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     for label, split in (("training", cfg.training_split), ("heldout", cfg.heldout_split)):
         pop = pops[label]
         others = [FaceShards(Path(cfg.data), s) for s in SPLITS if s != split]
-        reference = sface.embed(np.concatenate([read_images(o, np.arange(len(o))) for o in others if len(o)]))
+        real = np.concatenate([read_images(o, np.arange(len(o))) for o in others if len(o)])
+        reference = Reference(sface.embed(real), float(high_frequency_share(real).mean()))
         log.info("evaluating the %s people (%s: %d people)", label, split, pop.identities)
         populations[label], outputs[label] = evaluate_population(pop, reference, cfg, generator, siamese, attackers,
                                                                  detector, sface, device)
@@ -273,8 +299,9 @@ def _sheets(cfg: EvaluateConfig, out: Path, summary: dict[str, Any],
 
 
 def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per population and method: rank-1 per attacker, the worst, its p-value, faces, drift, SSIM, KID,
-    and the pose variety kept inside clusters (released / sources)."""
+    """One row per population and method: rank-1 per attacker, the worst, its p-value, faces, drift, SSIM, KID
+    and its interval, fine detail, and the pose and pixel variety kept inside clusters (released /
+    sources)."""
     rows = []
     for label, population in report["populations"].items():
         for method, entry in population["methods"].items():
@@ -282,7 +309,9 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
             row.update({name: result["rank1"] for name, result in entry["attackers"].items()})
             row.update({"worst": entry["worst"]["rank1"], "p": entry["worst"]["p_value"],
                         "faces": entry["faces_detected"], "drift": entry["landmark_drift_iod"],
-                        "ssim": entry["ssim"], "kid": entry["kid"], "variety": _ratio(entry["pose_variety_px"])})
+                        "ssim": entry["ssim"], "kid": entry["kid"], "kid_ci95": entry["kid_ci95"],
+                        "fine": entry["high_frequency"], "variety": _ratio(entry["pose_variety_px"]),
+                        "pixel_variety": _ratio(entry["pixel_variety"])})
             rows.append(row)
     return rows
 
@@ -290,6 +319,14 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
 def _ratio(variety: dict[str, float | None]) -> float | None:
     released, sources = variety["released"], variety["sources"]
     return None if released is None or not sources else released / sources
+
+
+def separated(lower: list[float], higher: list[float]) -> bool | None:
+    """True when the first 95 % interval lies wholly below the second, False when wholly above, None
+    when they overlap (a difference inside the noise is no verdict)."""
+    if lower[1] < higher[0]:
+        return True
+    return False if lower[0] > higher[1] else None
 
 
 def verdicts(report: dict[str, Any]) -> dict[str, Any]:
@@ -304,11 +341,13 @@ def verdicts(report: dict[str, Any]) -> dict[str, Any]:
             out[f"{label}/{name}/faces_detected_min"] = min(methods[f"{name}@{k}"]["faces_detected"] for k in ks)
         for k in ks:
             gan, pixel, aligned = methods[f"kssgan@{k}"], methods[f"ksame_pixel@{k}"], methods[f"ksame_aligned@{k}"]
-            out[f"{label}/k={k}/kssgan_beats_ksame_pixel_on_kid"] = gan["kid"] < pixel["kid"]
+            out[f"{label}/k={k}/kssgan_beats_ksame_pixel_on_kid"] = separated(gan["kid_ci95"], pixel["kid_ci95"])
+            out[f"{label}/k={k}/kssgan_sharper_than_ksame_pixel"] = separated(pixel["high_frequency_ci95"],
+                                                                             gan["high_frequency_ci95"])
             out[f"{label}/k={k}/kssgan_beats_ksame_pixel_on_drift"] = (
                 None if gan["landmark_drift_iod"] is None or pixel["landmark_drift_iod"] is None
                 else gan["landmark_drift_iod"] < pixel["landmark_drift_iod"])
-            out[f"{label}/k={k}/kssgan_beats_ksame_aligned_on_kid"] = gan["kid"] < aligned["kid"]
+            out[f"{label}/k={k}/kssgan_beats_ksame_aligned_on_kid"] = separated(gan["kid_ci95"], aligned["kid_ci95"])
     return out
 
 
@@ -321,6 +360,8 @@ def format_headline(report: dict[str, Any]) -> str:
     def cell(value: Any, c: str) -> str:
         if isinstance(value, float):
             text = f"{value:.0e}" if c == "p" and value < 0.001 else f"{value:.3f}"
+        elif isinstance(value, (list, tuple)):
+            text = "[" + ", ".join(f"{v:.3f}" for v in value) + "]"
         else:
             text = "-" if value is None else str(value)
         return f"{text:>{width[c]}}"

@@ -9,8 +9,9 @@ from helpers import OPEN_GATE, kssgan
 
 from kssgan_hpc.config.gate import ALL_ATTACKERS, ATTACKERS, CUE_ATTACKERS
 from kssgan_hpc.evaluate.baselines import gaussian_blur, ksame_pixel, pixelate
-from kssgan_hpc.attack.kid import kernel_inception_distance
-from kssgan_hpc.attack.measures import cmc, identity_gallery, psnr, ssim
+from kssgan_hpc.attack.kid import kernel_inception_distance, kid_interval
+from kssgan_hpc.attack.measures import cmc, high_frequency_share, identity_gallery, psnr, ssim
+from kssgan_hpc.evaluate.report import separated
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,8 @@ def test_report_fields(report: dict) -> None:
             assert -1 <= entry["ssim"] <= 1 and 0 <= entry["faces_detected"] <= 1
             assert entry["expression_accuracy"] is None  # the demo faces carry no expression labels
             assert entry["kid"] == pytest.approx(entry["kid"])
+            assert entry["kid_ci95"][0] <= entry["kid_ci95"][1]
+            assert entry["high_frequency_ci95"][0] <= entry["high_frequency"] <= entry["high_frequency_ci95"][1]
             # Drawn cues keep the clusters' variety of poses: the released spread is the sources' own kind.
             if method.startswith(("ksame_aligned", "kssgan")):
                 variety = entry["pose_variety_px"]
@@ -77,6 +80,13 @@ def test_baseline_sanity(report: dict) -> None:
         # k-Same-Pixel shows one face per cluster of >= k people: rank-1 cannot beat 1/k.
         for k in (2, 4):
             assert methods[f"ksame_pixel@{k}"]["attackers"][name]["rank1"] <= 1 / k + 1e-9, (name, k)
+    # One face per cluster has no pixel variety; posing it on drawn cues gives some (one probe per
+    # person here: the sources' own variety needs two).
+    assert methods["ksame_pixel@4"]["pixel_variety"]["released"] == 0.0
+    assert methods["ksame_aligned@4"]["pixel_variety"]["released"] > 0
+    assert methods["original"]["pixel_variety"]["sources"] is None
+    # An average of faces loses their fine detail: k-Same-Pixel is blurrier than the originals.
+    assert methods["ksame_pixel@4"]["high_frequency_ci95"][1] < methods["original"]["high_frequency_ci95"][0]
     # Independent recognizers re-identify the untouched faces far above chance (1/32).
     for name in ("sface", "lowpass16", "eigenfaces"):
         assert methods["original"]["attackers"][name]["rank1"] >= 0.5, name
@@ -110,3 +120,14 @@ def test_measures() -> None:
     shifted, _ = kernel_inception_distance(rng.normal(size=(300, 16)), rng.normal(1.0, size=(300, 16)),
                                            subsets=10, subset_size=100)
     assert abs(same) < 0.05 < shifted
+    # The interval: around 0 for one distribution, clear of it for a shifted one; a tighter one with more.
+    low, high = kid_interval(rng.normal(size=(150, 16)), rng.normal(size=(60, 16)))
+    assert low < 0 < high
+    low_shift, _ = kid_interval(rng.normal(size=(150, 16)), rng.normal(1.0, size=(60, 16)))
+    assert low_shift > high
+    assert separated([0.0, 0.1], [0.2, 0.3]) is True and separated([0.2, 0.3], [0.0, 0.1]) is False
+    assert separated([0.0, 0.25], [0.2, 0.3]) is None
+    # Fine detail: an average (blur, pixelation) loses it; noise has more than a face.
+    fine = high_frequency_share(faces)
+    assert (high_frequency_share(gaussian_blur(faces, 2.0)) < fine / 3).all()
+    assert (high_frequency_share(pixelate(faces, 8)) < fine).all()
