@@ -183,7 +183,7 @@ class Ledger:
 def plan_split(ledger: Ledger, cfg: AnonymizeConfig, siamese: torch.nn.Module, data: FaceShards, data_dir: Path,
                origin: np.ndarray, device: torch.device) -> SplitPlan:
     """Cluster one split as the ledger allows: withdrawn people out, sticky clusters kept as they first
-    released, new people in clusters of their own (or joining). Raises InputError on a breach."""
+    released, new people in clusters of their own (or joining). The invariant is check_plans' job."""
     names = identity_names(data_dir, origin)
     keep = ~np.isin(names, list(ledger.withdrawn))
     data, origin, names = data.subset(np.flatnonzero(keep)), origin[keep], names[keep]
@@ -211,7 +211,11 @@ def plan_split(ledger: Ledger, cfg: AnonymizeConfig, siamese: torch.nn.Module, d
 
     groups, templates, geometry, pools, uids, new = [], [], [], [], [], []
     frame = stats.frame
+    merged_in = {c["cluster"]: c.get("merged", []) for r in ledger.releases for c in r["clusters"]}
+    identity_of = {name: identity for identity, name in name_of.items()}
+    kept_people = []  # names found to be one person when a kept cluster was formed, as this split's ids
     for uid, rows in sorted(old.items()):  # in the order first released (ids count up)
+        kept_people += [sorted(identity_of[n] for n in group if n in identity_of) for group in merged_in[uid]]
         record = ledger.frozen(uid)
         template = torch.from_numpy(record["template"]).float()[None]
         if not np.allclose(record["frame"], frame, atol=1e-4):  # the split's mean frame moved: re-pose it
@@ -240,6 +244,7 @@ def plan_split(ledger: Ledger, cfg: AnonymizeConfig, siamese: torch.nn.Module, d
             centres = np.stack([stats.embeddings[rows].mean(0) for rows in groups])
             for row in fresh:
                 groups[int(np.argmin(((centres - stats.embeddings[row]) ** 2).sum(1)))].append(row)
+    duplicates = Duplicates(pairs=duplicates.pairs, people=duplicates.people + [p for p in kept_people if len(p) > 1])
     if not groups:
         raise InputError(f"{ledger.path}: nobody of split '{data.split}' can be released: everyone in it withdrew "
                          "or is withheld")
