@@ -65,7 +65,8 @@ class Release:
         self.source = np.array([m["source_index"] for m in rows])
         self.cluster = np.array([m["ledger_cluster"] for m in rows])
         self.entry = np.array([m["cue_entry"] for m in rows])
-        frozen = {uid: Ledger(ledger).frozen(uid) for uid in np.unique(self.cluster)}
+        book = Ledger(ledger)  # read once
+        frozen = {uid: book.frozen(uid) for uid in np.unique(self.cluster)}
         self.offsets = np.stack([frozen[c]["offsets"][e] for c, e in zip(self.cluster, self.entry)]).reshape(-1, 10)
         self.labels = {name: np.array([frozen[c][name][e] for c, e in zip(self.cluster, self.entry)])
                        for name in ("expression", "pose", "gaze")}

@@ -60,7 +60,15 @@ from kssgan_hpc.folders import claim_folder
 from kssgan_hpc.ksame.build import KSame
 from kssgan_hpc.ksame.deidentify import CuePool, cue_pool, deidentify, draw_from_pools
 from kssgan_hpc.release.gate import gate_release, public_record
-from kssgan_hpc.release.ledger import Ledger, check_plans, ledger_folder, ledger_lock, plan_split, record_release
+from kssgan_hpc.release.ledger import (
+    Ledger,
+    check_plans,
+    ledger_folder,
+    ledger_lock,
+    plan_split,
+    record_release,
+    source_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +133,13 @@ def anonymize(cfg: AnonymizeConfig, progress: bool = True) -> Path:
         with lock:
             barrier()
             ledger = Ledger(folder)
-            plans = []
+            names, plans = source_names(data_dir), []
             for split in splits:
                 data = FaceShards(data_dir, split)
                 if data.resolution != gan_cfg.model.resolution or data.channels != gan_cfg.model.channels:
                     raise InputError(f"{data_dir}: {data.resolution}px x{data.channels}, the generator in {cfg.gan} "
                                      f"makes {gan_cfg.model.resolution}px x{gan_cfg.model.channels}")
-                plans.append(plan_split(ledger, cfg, siamese, data, data_dir, source_indices(data), device))
+                plans.append(plan_split(ledger, cfg, siamese, data, names, source_indices(data), device))
             weight_files = {"generator": weights, "siamese": siamese_weights(gan_cfg.siamese)[0]}
             started = private / "settings.json"
             # A resumed release keeps its settings (checked first) and is in the ledger already.

@@ -71,14 +71,13 @@ def ledger_lock(folder: Path, what: str) -> Any:
     return exclusive_lock(folder / LOCK_NAME, what)
 
 
-def identity_names(data_dir: Path, origin: np.ndarray) -> np.ndarray:
-    """The source identity name of each image (`origin`: its source_index): the ledger's key for a
+def source_names(data_dir: Path) -> list[str]:
+    """The source identity name of every line of a dataset's sources.jsonl: the ledger's key for a
     person, the same in every release of the dataset (dense ids are not)."""
     path = Path(data_dir) / SOURCES_NAME
     if not path.is_file():
         raise InputError(f"{path}: missing; the ledger keys people by the source names it holds")
-    names = [json.loads(line)["identity"] for line in path.read_text().splitlines() if line.strip()]
-    return np.array([names[i] for i in origin], dtype=object)
+    return [json.loads(line)["identity"] for line in path.read_text().splitlines() if line.strip()]
 
 
 @dataclass
@@ -180,11 +179,11 @@ class Ledger:
         atomic_write_json(self.path, self.record)
 
 
-def plan_split(ledger: Ledger, cfg: AnonymizeConfig, siamese: torch.nn.Module, data: FaceShards, data_dir: Path,
+def plan_split(ledger: Ledger, cfg: AnonymizeConfig, siamese: torch.nn.Module, data: FaceShards, sources: list[str],
                origin: np.ndarray, device: torch.device) -> SplitPlan:
     """Cluster one split as the ledger allows: withdrawn people out, sticky clusters kept as they first
     released, new people in clusters of their own (or joining). The invariant is check_plans' job."""
-    names = identity_names(data_dir, origin)
+    names = np.array([sources[i] for i in origin], dtype=object)  # `sources`: source_names of the dataset
     keep = ~np.isin(names, list(ledger.withdrawn))
     data, origin, names = data.subset(np.flatnonzero(keep)), origin[keep], names[keep]
     stats = identity_statistics(siamese, data, cfg.batch_size, device)
@@ -322,7 +321,7 @@ def withdraw(cfg: WithdrawConfig) -> list[dict[str, Any]]:
         unknown = sorted(set(cfg.people) - released - ledger.withdrawn)
         if unknown:
             raise InputError(f"{ledger.path}: {', '.join(unknown)} appear in no release of this ledger")
-        erasures = []
+        erasures, names_of = [], {}  # names_of: each release's dataset -> its source_names, read once
         for name in cfg.people:
             if name in ledger.withdrawn:
                 log.info("withdraw: %s already withdrew on %s", name, ledger.record["withdrawn"][name]["date"])
@@ -330,7 +329,9 @@ def withdraw(cfg: WithdrawConfig) -> list[dict[str, Any]]:
             for release in ledger.releases:
                 clusters = [c["cluster"] for c in release["clusters"] if name in c["people"]]
                 if clusters:
-                    erasures.append(_erase(ledger, release, name, clusters))
+                    names = names_of.setdefault(release["data"], source_names(Path(release["data"])))
+                    erasures.append(_erase(ledger, release, {i for i, n in enumerate(names) if n == name}, name,
+                                           clusters))
             ledger.record["withdrawn"][name] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                 "releases": [e["release"] for e in erasures if e["person"] == name]}
         lines = "".join(json.dumps(e) + "\n" for e in erasures)
@@ -340,10 +341,10 @@ def withdraw(cfg: WithdrawConfig) -> list[dict[str, Any]]:
     return erasures
 
 
-def _erase(ledger: Ledger, release: dict[str, Any], name: str, clusters: list[str]) -> dict[str, Any]:
-    """One person out of one release's private records and of its clusters' frozen pools."""
-    sources = {i for i, line in enumerate((Path(release["data"]) / SOURCES_NAME).read_text().splitlines())
-               if line.strip() and json.loads(line)["identity"] == name}
+def _erase(ledger: Ledger, release: dict[str, Any], sources: set[int], name: str,
+           clusters: list[str]) -> dict[str, Any]:
+    """One person (`sources`: their source indices) out of one release's private records and of its
+    clusters' frozen pools."""
     removed = cleared = 0
     private = Path(release["out"]) / "private"
     files = [private / "mapping.jsonl", *sorted((private / "state").glob("*.mapping.jsonl"))]
