@@ -42,9 +42,12 @@ def build_generator(cfg: GanConfig, state: dict[str, torch.Tensor]) -> Generator
                      num_poses=state["pose.weight"].shape[0] - 1)
 
 
-def load_generator(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[Generator, GanConfig, Path]:
-    """The shipped EMA generator of a GAN run (see generator_weights), frozen, in eval mode; its file."""
+def load_generator(run_dir: str | Path, device: torch.device | str = "cpu",
+                   weights: Path | None = None) -> tuple[Generator, GanConfig, Path]:
+    """The shipped EMA generator of a GAN run (see generator_weights), or the one in `weights` (an EMA
+    file of one of its checkpoints), frozen, in eval mode; its file."""
     path, cfg = generator_weights(run_dir)
+    path = path if weights is None else Path(weights)
     state = read_weights(path)
     try:
         generator = build_generator(cfg, state)

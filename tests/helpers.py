@@ -139,3 +139,15 @@ class LeakyGenerator(torch.nn.Module):
         low = torch.nn.functional.interpolate(torch.nn.functional.adaptive_avg_pool2d(source, 8), size=base.shape[-1],
                                               mode="bilinear", align_corners=False)
         return (0.5 * base + 0.5 * low).clamp(-1, 1)
+
+
+class FixedFaceGenerator(torch.nn.Module):
+    """Planted: a generator that memorised one training face and paints it into every output."""
+
+    def __init__(self, face: torch.Tensor) -> None:
+        super().__init__()
+        self.cfg = ModelConfig(resolution=face.shape[-1])
+        self.face = face  # [C, H, W] in [-1, 1]
+
+    def forward(self, base, landmarks, expression, pose, z):  # noqa: ANN001, ANN201
+        return self.face.expand_as(base).clone()

@@ -5,7 +5,11 @@ every checkpoint of GAN training (train/selection.py: which EMA generator ships)
 people are k-Same-clustered among themselves, every probe and (for the parrot) gallery image
 de-identified with its own z, and every attacker run. A method passes when every attacker's rank-1
 is shown to be <= 1/k + tolerance (the one-sided binomial test at ALPHA: few probes cannot show it;
-`gate.rule=point` only asks the measured rank-1 to be) and YuNet finds a face in enough outputs.
+`gate.rule=point` only asks the measured rank-1 to be), YuNet finds a face in enough outputs, and
+(a generator, given its training people) SFace matches no more outputs to a training person
+outside their cluster than it matches the same people's real faces, beyond the tolerance
+(attack/third_party.py). k-Same-Aligned, a cluster's own average, has no generator to leak
+through: averages match strangers more often than photos do, which says nothing of memorisation.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ import numpy as np
 import torch
 
 from kssgan_hpc.attack.attackers import detectable_excess, make_attacker, p_within
-from kssgan_hpc.attack.measures import faces_detected
+from kssgan_hpc.attack.kid import kernel_inception_distance
+from kssgan_hpc.attack.measures import faces_detected, high_frequency_share
 from kssgan_hpc.attack.population import attack_population, population_of
-from kssgan_hpc.attack.recognizers import YuNet
+from kssgan_hpc.attack.recognizers import SFaceRecognizer, YuNet
+from kssgan_hpc.attack.third_party import ThirdParties, excluded_people
 from kssgan_hpc.config.gate import ALPHA, GateConfig
-from kssgan_hpc.data.dataset import FaceShards
+from kssgan_hpc.data.dataset import FaceShards, read_images
 from kssgan_hpc.ksame.build import KSame, identity_statistics, ksame
 from kssgan_hpc.ksame.deidentify import deidentify
 
@@ -40,6 +46,11 @@ def verdict(measured: dict[str, Any], k: int, cfg: GateConfig) -> list[str]:
     elif measured["worst"]["rank1"] > bound:
         reasons.append(f"{measured['worst']['attacker']} re-identifies {measured['worst']['rank1']:.3f} of held-out "
                        f"probes (> 1/k + tolerance = {bound:.3f})")
+    for name, leak in measured.get("third_party", {}).items():
+        if leak["excess"] > cfg.tolerance:
+            reasons.append(f"third-party leak: {name} matches {leak['matched']:.3f} of outputs to a training person "
+                           f"outside their cluster ({leak['rule']}), real faces {leak['baseline']:.3f}: excess "
+                           f"{leak['excess']:.3f} > tolerance {cfg.tolerance}")
     if measured["faces_detected"] < cfg.min_faces_detected:
         reasons.append(f"faces detected in {measured['faces_detected']:.3f} of outputs "
                        f"(< {cfg.min_faces_detected})")
@@ -51,8 +62,9 @@ class HeldOutAttack:
 
     def __init__(self, data: FaceShards, siamese: torch.nn.Module, siamese_run: str | Path, k: int, cfg: GateConfig,
                  device: torch.device | str = "cpu", seed: int = 0, cues: str = "cluster",
-                 cluster_with: dict[str, Any] | None = None) -> None:
-        """`cues` and `cluster_with` (ksame's method, seed, duplicates): as the release does it."""
+                 cluster_with: dict[str, Any] | None = None, training: FaceShards | None = None) -> None:
+        """`cues` and `cluster_with` (ksame's method, seed, duplicates): as the release does it.
+        `training`: G's training people, whom no output may show (the third-party check, with SFace)."""
         self.cfg, self.k, self.device, self.seed = cfg, k, device, seed
         self.population = population_of(data, cfg.gallery_per_identity, cfg.probes_per_identity)
         self.measurable = self.population.identities >= k and len(self.population.probe_rows) > 0
@@ -64,6 +76,12 @@ class HeldOutAttack:
         self.attackers = {name: make_attacker(name, siamese_run, device) for name in cfg.attackers}
         self.detector = YuNet()
         self.cache: dict[str, Any] = {}
+        self.third_parties: list[ThirdParties] = []
+        if training is not None and self.measurable:
+            sface = self.attackers["sface"].recognizer if "sface" in self.attackers else SFaceRecognizer()
+            real = read_images(training, np.arange(len(training)))
+            self.third_parties = [ThirdParties("sface", sface, real, training.labels["identity"])]
+            self.real_fine = float(high_frequency_share(real).mean())
 
     def measure(self, method: str, generator: torch.nn.Module | None = None) -> dict[str, Any]:
         """Attack `method` (kssgan with `generator`, or ksame_aligned) on the held-out people."""
@@ -73,18 +91,30 @@ class HeldOutAttack:
                                 f"'{self.population.data.split}': fewer than k={self.k}, nothing to measure"]}
         pop = self.population
 
-        def run(rows: np.ndarray) -> np.ndarray:  # each image its own z (keys): no noise shared with the gallery
-            return deidentify(method, self.clustering, pop.cues(self.shown[rows]), generator=generator, seed=self.seed,
+        def run_method(name: str, model: torch.nn.Module | None, rows: np.ndarray) -> np.ndarray:
+            # Each image its own z (keys): no noise shared with the gallery.
+            return deidentify(name, self.clustering, pop.cues(self.shown[rows]), generator=model, seed=self.seed,
                               keys=rows, device=self.device)
 
         # The gallery is de-identified only for the parrot, the one attacker that uses it.
-        probes = run(pop.probe_rows)
-        gallery = run(pop.gallery_rows) if "parrot" in self.attackers else None
+        probes = run_method(method, generator, pop.probe_rows)
+        gallery = run_method(method, generator, pop.gallery_rows) if "parrot" in self.attackers else None
         measured = attack_population(pop, probes, gallery, self.k, self.attackers, self.cache, self.released)
         for attack in measured["attackers"].values():  # the evidence that each stays within the bound
             attack["probes"] = attack.get("probes", len(pop.probe_rows))
             attack["p_within_bound"] = p_within(attack["rank1"], attack["probes"], 1 / self.k + self.cfg.tolerance)
         measured["faces_detected"] = faces_detected(probes, self.detector)
+        if self.third_parties and generator is not None:  # k-Same-Aligned averages the released people themselves
+            excluded = excluded_people(pop.probe_ids, self.clustering)
+            base = run_method("ksame_aligned", None, pop.probe_rows)  # G's own inputs: what it was given
+            measured["third_party"] = {tp.name: tp.leak(probes, pop.probe_images, excluded, base)
+                                       for tp in self.third_parties}
+            # How real (checkpoint selection's choice among the passing ones): KID in SFace's space and
+            # fine detail, against the training faces.
+            sface = self.third_parties[0]
+            kid, _ = kernel_inception_distance(sface.embeddings, sface.recognizer.embed(probes), subsets=50,
+                                               subset_size=200, seed=self.seed)
+            measured["realism"] = {"kid": kid, "fine": float(high_frequency_share(probes).mean()) / self.real_fine}
         # What this many probes can see at all: an excess over 1/k below it passes unseen.
         measured["detectable_excess"] = detectable_excess(len(pop.probe_rows), self.k)
         reasons = verdict(measured, self.k, self.cfg)

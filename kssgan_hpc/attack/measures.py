@@ -82,6 +82,30 @@ def landmark_drift(source: list[np.ndarray | None], output: list[np.ndarray | No
     return (float(np.mean(drifts)) if drifts else None), found / max(len(output), 1)
 
 
+def detected_landmarks(detections: list[np.ndarray | None], resolution: int) -> np.ndarray:
+    """YuNet rows of faces upscaled as the recognizers see them -> [N, 5, 2] landmarks in the faces' own
+    pixels (NaN where no face was found)."""
+    from kssgan_hpc.attack.recognizers import UPSCALED
+
+    out = np.full((len(detections), 5, 2), np.nan)
+    for i, row in enumerate(detections):
+        if row is not None:
+            out[i] = np.asarray(row[4:14], np.float64).reshape(5, 2) * resolution / UPSCALED
+    return out
+
+
+def cue_error(given: np.ndarray, detected: np.ndarray) -> float | None:
+    """Cue fidelity: the mean distance between the landmarks found on each output and those it was
+    asked to take (both [N, 5, 2] pixels), in inter-ocular distances of the asked ones; over the
+    outputs where both are known (None: none)."""
+    given, detected = np.asarray(given, np.float64), np.asarray(detected, np.float64)
+    known = np.isfinite(given).all(axis=(1, 2)) & np.isfinite(detected).all(axis=(1, 2))
+    if not known.any():
+        return None
+    iod = np.maximum(np.linalg.norm(given[known, 0] - given[known, 1], axis=1), 1e-6)
+    return float((np.linalg.norm(given[known] - detected[known], axis=2).mean(1) / iod).mean())
+
+
 def spread_within(values: np.ndarray, groups: np.ndarray) -> float | None:
     """How much rows vary inside each group (a cluster, a person): the RMS distance of a group's rows
     (pose offsets [N, 5, 2], images [N, H, W, C], ...) from their mean, averaged over groups with 2+

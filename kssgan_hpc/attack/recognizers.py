@@ -76,9 +76,10 @@ class Recognizer:
     def embed_one(self, image: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def embed(self, images: np.ndarray) -> np.ndarray:
-        """[N, H, W, C] uint8 -> [N, d] unit rows; each distinct image embedded once per recognizer
-        (the same outputs are attacked by several protocols and measured for realism)."""
+    def embed(self, images: np.ndarray, unit: bool = True) -> np.ndarray:
+        """[N, H, W, C] uint8 -> [N, d] unit rows (`unit`; else the recognizer's raw descriptors); each
+        distinct image embedded once per recognizer (the same outputs are attacked by several protocols
+        and measured for realism and for third-party matches)."""
         keys = [hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest() for image in images]
         unique: dict[bytes, np.ndarray] = self.__dict__.setdefault("_memo", {})
         todo = {key: image for key, image in zip(keys, images) if key not in unique}
@@ -90,7 +91,8 @@ class Recognizer:
             unique.update(zip(todo, pool.map(_embed_in_worker, todo.values(), chunksize=8)))
         else:
             unique.update((key, self.embed_one(image)) for key, image in todo.items())
-        return _normalise(np.stack([unique[key] for key in keys]))
+        raw = np.stack([unique[key] for key in keys]) if keys else np.zeros((0, 0))
+        return _normalise(raw) if unit else raw
 
     def describe(self) -> dict[str, str]:
         return {"name": self.name, "version": self.version}
@@ -105,7 +107,7 @@ class SiameseRecognizer(Recognizer):
         self.name = "kssgan Siamese (the system's own identity network)"
         self.version = Path(siamese_run).name
 
-    def embed(self, images: np.ndarray) -> np.ndarray:
+    def embed(self, images: np.ndarray, unit: bool = True) -> np.ndarray:
         return _normalise(siamese_embeddings(self.model, channels_first(images), self.device).numpy())
 
 

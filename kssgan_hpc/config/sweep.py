@@ -41,12 +41,15 @@ class ParamSpec:
 class ObjectiveConfig:
     """What a trial returns to the optimizer (lower is better)."""
 
-    name: Literal["gan_validation", "report"] = "gan_validation"
+    name: Literal["gan_validation", "report", "realism"] = "gan_validation"
     """gan_validation: w_identity * (1 - cos to surrogate) + w_leak * (source similarity beyond margin)
     + w_realism * KID in the Siamese's space, on a held-out split (kssgan_hpc/evaluate/validation.py).
     report: the evaluation report of the trial's generator on `split` (kssgan_hpc/evaluate):
     w_privacy * mean over ks of max(0, worst attacker's rank-1 - 1/k) + w_utility * (1 - SSIM)
-    + w_realism * KID in SFace's space, on the held-out people of `split`."""
+    + w_realism * KID in SFace's space, on the held-out people of `split`.
+    realism: KID in SFace's space on the held-out people of `split`, privacy a constraint: a trial
+    whose worst attacker exceeds 1/k + tolerance, whose third-party leak exceeds the tolerance or
+    whose faces are found in fewer than min_faces_detected is infeasible and told failure_penalty."""
     split: Literal["train", "val", "test"] = "val"
     w_identity: float = 1.0
     w_leak: float = 1.0
@@ -61,6 +64,10 @@ class ObjectiveConfig:
                                                           "parrot", "posehabit", "labels"])
     """report: the attackers whose worst counts (dlib, the slowest, is left out by default)."""
     probes_per_identity: int = 2
+    tolerance: float = 0.05
+    """realism: the privacy constraints' tolerance (over 1/k; over the third-party baseline)."""
+    min_faces_detected: float = 0.95
+    """realism: YuNet must find a face in at least this share of the outputs."""
 
 
 @dataclass(kw_only=True)

@@ -8,6 +8,9 @@ from typing import Literal
 from kssgan_hpc.config.core import ConfigError
 from kssgan_hpc.config.gate import GateConfig
 
+AUGMENTATIONS = ("color", "translation", "cutout")
+"""D's differentiable augmentations (kssgan_hpc/train/augment.py)."""
+
 
 @dataclass(kw_only=True)
 class ModelConfig:
@@ -220,6 +223,17 @@ class GanConfig(LoopConfig):
     faces faces; the base is k-anonymous, the source image is in no loss)."""
     base_size: int = 16
     """Side of the low-pass (area-downsampled) images the base L1 compares."""
+    w_feature_match: float = 0.0
+    """Weight of feature matching (Salimans et al. 2016): the squared distance between the batch means of
+    D's last hidden features of G's outputs and of the real batch (statistics of the batch, not of
+    any output's own source)."""
+    w_diversity: float = 0.0
+    """Weight of mode seeking (Mao et al. 2019): two noises for the same inputs must give different
+    faces, so a cluster's faces vary beyond their poses (0: off; costs a second G pass)."""
+    augment: list[str] = field(default_factory=lambda: ["color", "translation", "cutout"])
+    """DiffAugment ops on every image D sees, real and generated, in both phases (train/augment.py)."""
+    augment_p: float = 0.0
+    """Probability each op is applied to each image (0: off; 1: DiffAugment's own setting)."""
     r1_gamma: float = 1.0
     """R1 penalty weight on D's real-image gradients; 0 disables."""
     r1_every: int = 4
@@ -241,3 +255,8 @@ class GanConfig(LoopConfig):
             raise ConfigError(f"ema_decay={self.ema_decay} is invalid; use 0 <= decay < 1")
         if self.r1_every < 1 or self.base_size < 1:
             raise ConfigError("r1_every and base_size must be >= 1")
+        unknown = sorted(set(self.augment) - set(AUGMENTATIONS))
+        if unknown:
+            raise ConfigError(f"augment: unknown {unknown}; use some of {', '.join(AUGMENTATIONS)}")
+        if not 0.0 <= self.augment_p <= 1.0 or self.w_feature_match < 0 or self.w_diversity < 0:
+            raise ConfigError("augment_p must be in [0, 1], w_feature_match and w_diversity >= 0")

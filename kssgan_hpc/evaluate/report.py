@@ -32,10 +32,13 @@ from kssgan_hpc import __version__
 from kssgan_hpc.artefacts import load_generator, load_siamese
 from kssgan_hpc.attack.attackers import make_attacker
 from kssgan_hpc.attack.kid import kernel_inception_distance, kid_interval
-from kssgan_hpc.attack.measures import high_frequency_share, landmark_drift, psnr, spread_within, ssim
+from kssgan_hpc.attack.measures import (cue_error, detected_landmarks, high_frequency_share, landmark_drift, psnr,
+                                       spread_within, ssim)
 from kssgan_hpc.attack.population import Population, attack_population, population_of
 from kssgan_hpc.attack.recognizers import SFaceRecognizer, YuNet, upscale
+from kssgan_hpc.attack.third_party import ThirdParties, excluded_people
 from kssgan_hpc.config.release import EvaluateConfig
+from kssgan_hpc.config.train import GanConfig
 from kssgan_hpc.data.dataset import FaceShards, read_images
 from kssgan_hpc.data.shards import SPLITS, verify_dataset
 from kssgan_hpc.distributed import choose_device
@@ -110,12 +113,13 @@ def _methods(pop: Population, cfg: EvaluateConfig, generator: torch.nn.Module, s
              device: torch.device, sigma: float, block: int) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Every method's outputs on the probes and on the gallery (for the parrot), its k and clusters."""
     own = [pop.released_cues(pop.probe_rows, None)]  # the untouched, blurred, pixelated faces show their own
+    landmarks = pop.data.labels["landmarks"]
     methods: dict[str, dict[str, Any]] = {
-        "original": {"k": None, "probes": pop.probe_images, "gallery": pop.gallery.images, "released": own},
-        "blur": {"k": None, "probes": gaussian_blur(pop.probe_images, sigma),
-                 "gallery": gaussian_blur(pop.gallery.images, sigma), "released": own},
-        "pixelate": {"k": None, "probes": pixelate(pop.probe_images, block),
-                     "gallery": pixelate(pop.gallery.images, block), "released": own}}
+        "original": {"probes": pop.probe_images, "gallery": pop.gallery.images},
+        "blur": {"probes": gaussian_blur(pop.probe_images, sigma), "gallery": gaussian_blur(pop.gallery.images, sigma)},
+        "pixelate": {"probes": pixelate(pop.probe_images, block), "gallery": pixelate(pop.gallery.images, block)}}
+    for entry in methods.values():
+        entry.update(k=None, clustering=None, released=own, given=landmarks[pop.probe_rows])
     anonymity: dict[str, Any] = {}
     stats = identity_statistics(siamese, pop.data, 64, device)  # one pass serves every k
     for k in cfg.ks:
@@ -127,14 +131,18 @@ def _methods(pop: Population, cfg: EvaluateConfig, generator: torch.nn.Module, s
                                        "gallery": ksame_pixel(pop.gallery.identities, cluster_of, faces),
                                        "released": [pop.released_cues(None, clustering)]}
         shown, released = pop.shown_cues(clustering, cfg.seed + k, cfg.cues)  # as a release draws them
+        # The landmarks G and k-Same-Aligned are asked to take: the drawn cue's pose on the cluster's geometry.
+        asked = pop.cues(shown[pop.probe_rows])
+        given = clustering.pose_landmarks(asked["identity"], asked["landmarks"])
         for method in ("ksame_aligned", "kssgan"):
             # Probe and gallery images draw different z (keys): the attacker cannot replay the noise.
             run = {part: deidentify(method, clustering, pop.cues(shown[rows]), generator=generator,
                                     seed=cfg.seed + k, keys=rows, device=device)
                    for part, rows in (("probes", pop.probe_rows), ("gallery", pop.gallery_rows))}
-            methods[f"{method}@{k}"] = {**run, "released": released, "shown": shown[pop.probe_rows]}
+            methods[f"{method}@{k}"] = {**run, "released": released, "shown": shown[pop.probe_rows], "given": given}
+        methods[f"ksame_pixel@{k}"]["given"] = None  # one face per cluster: no cue asked
         for name in ("ksame_pixel", "ksame_aligned", "kssgan"):
-            methods[f"{name}@{k}"].update(k=k, clusters=clusters)
+            methods[f"{name}@{k}"].update(k=k, clusters=clusters, clustering=clustering)
         sizes = [len(g) for g in clustering.groups]
         anonymity[str(k)] = {"clusters": len(sizes), "min_identities_per_cluster": min(sizes),
                              "max_identities_per_cluster": max(sizes), "every_cluster_at_least_k": min(sizes) >= k,
@@ -154,6 +162,8 @@ class Reference:
     """[n, d] SFace embeddings (KID's feature space)."""
     high_frequency: float
     """Their mean high_frequency_share."""
+    third_parties: list[ThirdParties]
+    """The training people (G's), as SFace (and dlib, when it attacks) match faces to them."""
 
 
 def evaluate_population(pop: Population, reference: Reference, cfg: EvaluateConfig, generator: torch.nn.Module,
@@ -169,6 +179,7 @@ def evaluate_population(pop: Population, reference: Reference, cfg: EvaluateConf
                                      {m: (v["probes"], v["released"][0].labels["expression"])  # the draw shown
                                       for m, v in methods.items()})
     marks_original = [detector.detect(upscale(im)) for im in probes]
+    found_original = detected_landmarks(marks_original, resolution)
     marks_of: dict[int, Any] = dict(zip(map(int, pop.probe_rows), marks_original))  # split row -> YuNet
     cache: dict[str, Any] = {}
     results: dict[str, Any] = {}
@@ -184,7 +195,10 @@ def evaluate_population(pop: Population, reference: Reference, cfg: EvaluateConf
             marks_of.update({} if not todo else zip(map(int, todo), (detector.detect(upscale(im))
                                                  for im in read_images(pop.data, np.array(todo, np.int64)))))
         marks_asked = marks_original if shown is None else [marks_of[int(row)] for row in shown]
-        drift, found = landmark_drift(marks_asked, [detector.detect(upscale(im)) for im in outputs["probes"]])
+        marks_output = [detector.detect(upscale(im)) for im in outputs["probes"]]
+        drift, found = landmark_drift(marks_asked, marks_output)
+        found_output = detected_landmarks(marks_output, resolution)
+        given = outputs["given"]
         values = psnr(probes, outputs["probes"])
         features = sface.embed(outputs["probes"])
         kid, kid_std = kernel_inception_distance(reference.features, features, subsets=50, subset_size=200,
@@ -197,10 +211,17 @@ def evaluate_population(pop: Population, reference: Reference, cfg: EvaluateConf
         groups = outputs.get("clusters", pop.probe_ids)
         variety = {"released": spread_within(outputs["released"][0].offsets, groups),
                    "sources": spread_within(methods["original"]["released"][0].offsets, groups)}
+        # The poses the outputs show (landmarks found on them), against the sources' found the same way.
+        shown_poses = {"released": spread_within(found_output, groups),
+                       "sources": spread_within(found_original, pop.probe_ids)}
+        excluded = excluded_people(pop.probe_ids, outputs["clustering"])
+        base = methods[f"ksame_aligned@{k}"]["probes"] if method.startswith("kssgan") else None  # G's inputs
+        leaks = {tp.name: tp.leak(outputs["probes"], probes, excluded, base) for tp in reference.third_parties}
         # And the pixels: a cluster's outputs against one person's real photos (k-Same-Pixel: 0).
         pixels = {"released": spread_within(outputs["probes"], groups),
                   "sources": spread_within(probes, pop.probe_ids)}
-        entry.update({"pose_variety_px": variety, "pixel_variety": pixels,
+        entry.update({"pose_variety_px": variety, "pixel_variety": pixels, "shown_pose_variety_px": shown_poses,
+            "cue_error_iod": None if given is None else cue_error(given, found_output), "third_party": leaks,
             "k": k, "k_bound": None if k is None else 1 / k,
             "within_bound": None if bound is None else entry["worst"]["rank1"] <= bound,
             "faces_detected": found, "landmark_drift_iod": drift, "ssim": float(ssim(probes, outputs["probes"]).mean()),
@@ -216,34 +237,66 @@ def evaluate_population(pop: Population, reference: Reference, cfg: EvaluateConf
     return summary, methods
 
 
+@dataclass
+class Evaluation:
+    """What an evaluation measures with, set up once: any number of generators can then be measured."""
+
+    cfg: EvaluateConfig
+    device: torch.device
+    siamese: torch.nn.Module
+    attackers: dict[str, Any]
+    detector: YuNet
+    sface: SFaceRecognizer
+    populations: dict[str, tuple[Population, Reference]]
+    """"training" and "heldout": the people attacked and the real faces they are compared with."""
+
+    @classmethod
+    def setup(cls, cfg: EvaluateConfig, gan_cfg: GanConfig, device: torch.device) -> Evaluation:
+        verify_dataset(cfg.data, cfg.verify)
+        siamese, _ = load_siamese(gan_cfg.siamese, device)
+        attackers = {name: make_attacker(name, gan_cfg.siamese, device) for name in cfg.attackers}
+        # One SFace for the attack, KID and the third-party check: each output is embedded once.
+        sface = attackers["sface"].recognizer if "sface" in attackers else SFaceRecognizer()
+        pops = {}
+        for label, split in (("training", cfg.training_split), ("heldout", cfg.heldout_split)):
+            pops[label] = pop = population_of(FaceShards(Path(cfg.data), split), cfg.gallery_per_identity,
+                                              cfg.probes_per_identity)
+            if pop.identities < max(cfg.ks):
+                raise InputError(f"{cfg.data}: the {label} split '{split}' has {pop.identities} people with 2+ "
+                                 f"images; k={max(cfg.ks)} needs at least that many (lower ks or change the split "
+                                 "fractions)")
+        training = FaceShards(Path(gan_cfg.data), "train")  # G's training people: who could leak into any release
+        training_images = read_images(training, np.arange(len(training)))
+        third_parties = [ThirdParties(name, sface if name == "sface" else attackers[name].recognizer, training_images,
+                                      training.labels["identity"]) for name in ("sface", "dlib")
+                         if name == "sface" or name in attackers]
+        populations = {}
+        for label, pop in pops.items():
+            others = [FaceShards(Path(cfg.data), s) for s in SPLITS if s != pop.data.split]
+            real = np.concatenate([read_images(o, np.arange(len(o))) for o in others if len(o)])
+            populations[label] = (pop, Reference(sface.embed(real), float(high_frequency_share(real).mean()),
+                                                 third_parties))
+        return cls(cfg, device, siamese, attackers, YuNet(), sface, populations)
+
+    def measure(self, generator: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Every population's summary (evaluate_population), and the outputs of every method."""
+        summaries, outputs = {}, {}
+        for label, (pop, reference) in self.populations.items():
+            log.info("evaluating the %s people (%s: %d people)", label, pop.data.split, pop.identities)
+            summaries[label], outputs[label] = evaluate_population(
+                pop, reference, self.cfg, generator, self.siamese, self.attackers, self.detector, self.sface,
+                self.device)
+        return summaries, outputs
+
+
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     tick = time.time()
     device = choose_device(cfg.device)
     generator, gan_cfg, weights = load_generator(cfg.gan, device)
-    verify_dataset(cfg.data, cfg.verify)
-    siamese, _ = load_siamese(gan_cfg.siamese, device)
-    attackers = {name: make_attacker(name, gan_cfg.siamese, device) for name in cfg.attackers}
-    detector = YuNet()
-    # One SFace for the attack and for KID: each output is embedded once.
-    sface = attackers["sface"].recognizer if "sface" in attackers else SFaceRecognizer()
-    pops = {}
-    for label, split in (("training", cfg.training_split), ("heldout", cfg.heldout_split)):
-        pops[label] = pop = population_of(FaceShards(Path(cfg.data), split), cfg.gallery_per_identity,
-                                          cfg.probes_per_identity)
-        if pop.identities < max(cfg.ks):
-            raise InputError(f"{cfg.data}: the {label} split '{split}' has {pop.identities} people with 2+ images; "
-                             f"k={max(cfg.ks)} needs at least that many (lower ks or change the split fractions)")
+    evaluation = Evaluation.setup(cfg, gan_cfg, device)
     out = claim_folder(cfg.out, "report")  # every input is checked: the first write
-    populations: dict[str, Any] = {}
-    outputs: dict[str, Any] = {}
-    for label, split in (("training", cfg.training_split), ("heldout", cfg.heldout_split)):
-        pop = pops[label]
-        others = [FaceShards(Path(cfg.data), s) for s in SPLITS if s != split]
-        real = np.concatenate([read_images(o, np.arange(len(o))) for o in others if len(o)])
-        reference = Reference(sface.embed(real), float(high_frequency_share(real).mean()))
-        log.info("evaluating the %s people (%s: %d people)", label, split, pop.identities)
-        populations[label], outputs[label] = evaluate_population(pop, reference, cfg, generator, siamese, attackers,
-                                                                 detector, sface, device)
+    populations, outputs = evaluation.measure(generator)
+    attackers = evaluation.attackers
 
     release: dict[str, Any] | None = None
     if cfg.release:
@@ -300,8 +353,8 @@ def _sheets(cfg: EvaluateConfig, out: Path, summary: dict[str, Any],
 
 def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per population and method: rank-1 per attacker, the worst, its p-value, faces, drift, SSIM, KID
-    and its interval, fine detail, and the pose and pixel variety kept inside clusters (released /
-    sources)."""
+    and its interval, fine detail, cue error, the variety kept inside clusters (released / sources: the
+    poses declared, the poses the faces show, the pixels) and the third-party leak per recognizer."""
     rows = []
     for label, population in report["populations"].items():
         for method, entry in population["methods"].items():
@@ -310,8 +363,11 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
             row.update({"worst": entry["worst"]["rank1"], "p": entry["worst"]["p_value"],
                         "faces": entry["faces_detected"], "drift": entry["landmark_drift_iod"],
                         "ssim": entry["ssim"], "kid": entry["kid"], "kid_ci95": entry["kid_ci95"],
-                        "fine": entry["high_frequency"], "variety": _ratio(entry["pose_variety_px"]),
+                        "fine": entry["high_frequency"], "cue_err": entry["cue_error_iod"],
+                        "variety": _ratio(entry["pose_variety_px"]),
+                        "shown_variety": _ratio(entry["shown_pose_variety_px"]),
                         "pixel_variety": _ratio(entry["pixel_variety"])})
+            row.update({f"leak_{name}": leak["excess"] for name, leak in entry["third_party"].items()})
             rows.append(row)
     return rows
 
@@ -338,6 +394,8 @@ def verdicts(report: dict[str, Any]) -> dict[str, Any]:
         for name in ("kssgan", "ksame_aligned"):
             out[f"{label}/{name}/every_attacker_within_1/k+tolerance"] = all(
                 methods[f"{name}@{k}"]["within_bound"] for k in ks)
+            out[f"{label}/{name}/third_party_leak_within_tolerance"] = all(
+                leak["excess"] <= report["tolerance"] for k in ks for leak in methods[f"{name}@{k}"]["third_party"].values())
             out[f"{label}/{name}/faces_detected_min"] = min(methods[f"{name}@{k}"]["faces_detected"] for k in ks)
         for k in ks:
             gan, pixel, aligned = methods[f"kssgan@{k}"], methods[f"ksame_pixel@{k}"], methods[f"ksame_aligned@{k}"]

@@ -107,7 +107,9 @@ class Discriminator(nn.Module):
         self.real_fake = nn.Linear(w[-1], 1)
         self.expression = nn.Linear(w[-1], num_expressions) if num_expressions else None
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, images: torch.Tensor, features: bool = False) -> tuple[torch.Tensor, ...]:
+        """(real/fake logits [N], expression logits [N, E] or None), and with `features` D's last
+        hidden layer [N, w] (what feature matching compares)."""
         h = self.features(self.blocks(self.stem(images)))
         logits = self.expression(h) if self.expression is not None else None
-        return self.real_fake(h).squeeze(1), logits
+        return (self.real_fake(h).squeeze(1), logits, h) if features else (self.real_fake(h).squeeze(1), logits)

@@ -149,7 +149,7 @@ def anonymize(cfg: AnonymizeConfig, progress: bool = True) -> Path:
             check_plans(ledger, plans, cfg.k, exclude=resumed["id"] if resumed else None)  # before any write
             settings = settings or _check_settings(cfg, started, source, weight_files, folder, env.rank)
             method = gate_release(cfg, private / "gate.json", data_dir, siamese, gan_cfg.siamese, generator, device,
-                                  env.rank)
+                                  env.rank, Path(gan_cfg.data))
             if env.rank == 0 and resumed is None:
                 record_release(ledger, cfg, out, data_dir, settings["secret_seed"], plans)
             barrier()

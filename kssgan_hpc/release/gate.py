@@ -42,11 +42,13 @@ def _combined(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def gate_release(cfg: AnonymizeConfig, path: Path, data_dir: Path, siamese: torch.nn.Module, siamese_run: str,
-                 generator: torch.nn.Module, device: torch.device, rank: int) -> str:
+                 generator: torch.nn.Module, device: torch.device, rank: int, training_data: Path) -> str:
     """Collective: the method that ships (kssgan or ksame_aligned), recorded in `path` (gate.json). A
-    refused release raises RunFailure."""
+    refused release raises RunFailure. `training_data`: G's dataset, whose training people no output
+    may show."""
     if rank == 0 and not path.is_file():
-        attacks = {split: HeldOutAttack(FaceShards(data_dir, split), siamese, siamese_run, cfg.k, cfg.gate,
+        training = FaceShards(training_data, "train")
+        attacks = {split: HeldOutAttack(FaceShards(data_dir, split), siamese, siamese_run, cfg.k, cfg.gate, training=training,
                                         device=device, cues=cfg.cues,
                                         cluster_with={"method": cfg.method, "seed": cfg.seed,
                                                       "duplicates": cfg.duplicates})
@@ -90,7 +92,8 @@ def public_record(cfg: AnonymizeConfig, gate: dict[str, Any]) -> dict[str, Any]:
     def measured(result: dict[str, Any] | None) -> dict[str, Any] | None:
         if result is None:
             return None
-        keys = ("passed", "reasons", "k", "identities", "probes", "faces_detected", "detectable_excess", "worst")
+        keys = ("passed", "reasons", "k", "identities", "probes", "faces_detected", "detectable_excess", "worst",
+                "third_party")
         return {"passed": result["passed"], "reasons": result["reasons"], "splits": {
             split: {**{key: r[key] for key in keys if key in r},
                     "attackers": {name: {key: a.get(key) for key in ("rank1", "probes", "p_value", "p_within_bound")}

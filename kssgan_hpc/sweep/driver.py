@@ -89,7 +89,7 @@ class Trial:
 
     @property
     def finished(self) -> bool:
-        return self.status in ("completed", "failed")
+        return self.status in ("completed", "infeasible", "failed")
 
 
 class Sweep:
@@ -247,6 +247,8 @@ class Sweep:
             result = job.results()[0]
             trial.objective, trial.metrics, trial.started = result["objective"], result["metrics"], result["started"]
             trial.status = "completed"
+            if result.get("violations"):  # it ran, but broke a constraint (privacy): told the penalty
+                trial.status, trial.error = "infeasible", "; ".join(result["violations"])
         except Exception as err:  # noqa: BLE001 - any failure of a trial is data, not a crash of the sweep
             trial.status, trial.error = "failed", f"{type(err).__name__}: {err}"[-4000:]
             log.warning("trial %d (job %s) failed: %s", trial.trial, trial.job_id, error_summary(trial.error))
@@ -255,6 +257,7 @@ class Sweep:
 
     def _tell(self, trial: Trial) -> None:
         tick = time.perf_counter()
+        # A failed or infeasible trial is told the penalty: the optimizer learns to avoid its region.
         trial.told = trial.objective if trial.status == "completed" else self.cfg.failure_penalty
         self.optimizer.tell(self._candidate(trial), trial.told)
         self.pending.pop(trial.trial)
@@ -273,8 +276,8 @@ class Sweep:
         rows = []
         for t in self.trials:
             wall = None if t.ended is None or t.submitted is None else round(t.ended - t.submitted, 2)
-            rows.append({"trial": t.trial, "status": t.status, "objective": t.objective, "job_id": t.job_id,
-                         "wall_s": wall, **{f"param.{k}": v for k, v in t.params.items()},
+            rows.append({"trial": t.trial, "status": t.status, "objective": t.objective, "told": t.told,
+                         "job_id": t.job_id, "wall_s": wall, **{f"param.{k}": v for k, v in t.params.items()},
                          **{f"metric.{k}": v for k, v in t.metrics.items()}, "error": t.error})
         atomic_write_json(self.out / "results.json", rows)
         columns = list(dict.fromkeys(key for row in rows for key in row))

@@ -54,8 +54,44 @@ def report_objective(run_dir: Path, objective: ObjectiveConfig) -> dict[str, flo
     return metrics
 
 
-OBJECTIVES: dict[str, Callable[[Path, ObjectiveConfig], dict[str, float]]] = {
-    "gan_validation": gan_validation, "report": report_objective}
+def realism_objective(run_dir: Path, objective: ObjectiveConfig) -> dict[str, Any]:
+    """KID in SFace's space of the trial's generator on the held-out people of `split` (lower: more
+    real), with privacy as a constraint: every attacker within 1/k + tolerance, no third-party leak
+    beyond the tolerance, faces detected in enough outputs; a trial that breaks one is infeasible
+    (`violations`) and told the sweep's failure penalty."""
+    import yaml
+
+    from kssgan_hpc.config.release import EvaluateConfig
+    from kssgan_hpc.evaluate.report import evaluate
+
+    data = yaml.safe_load((run_dir / "resolved_config.yaml").read_text())["data"]
+    report = evaluate(EvaluateConfig(
+        gan=str(run_dir), data=data, training_split="train", heldout_split=objective.split, release=None,
+        out=str(run_dir / "report"), ks=objective.ks, attackers=objective.attackers,
+        probes_per_identity=objective.probes_per_identity, tolerance=objective.tolerance, verify="quick"))
+    violations = []
+    entries = {k: report["populations"]["heldout"]["methods"][f"kssgan@{k}"] for k in objective.ks}
+    for k, entry in entries.items():
+        worst = entry["worst"]
+        if worst["rank1"] > 1 / k + objective.tolerance:
+            violations.append(f"k={k}: {worst['attacker']} re-identifies {worst['rank1']:.3f} > 1/k + tolerance")
+        for name, leak in entry["third_party"].items():
+            if leak["excess"] > objective.tolerance:
+                violations.append(f"k={k}: third-party leak ({name}) {leak['excess']:.3f} > tolerance")
+        if entry["faces_detected"] < objective.min_faces_detected:
+            violations.append(f"k={k}: faces detected in {entry['faces_detected']:.3f} of outputs")
+    metrics = {"realism/kid_sface": sum(e["kid"] for e in entries.values()) / len(entries),
+               "realism/fine": sum(e["high_frequency"] for e in entries.values()) / len(entries),
+               "privacy/worst_rank1": max(e["worst"]["rank1"] for e in entries.values()),
+               "privacy/third_party_excess": max(leak["excess"] for e in entries.values()
+                                                 for leak in e["third_party"].values()),
+               "utility/faces_detected": min(e["faces_detected"] for e in entries.values())}
+    metrics["objective"] = metrics["realism/kid_sface"]
+    return {**metrics, "violations": violations}
+
+
+OBJECTIVES: dict[str, Callable[[Path, ObjectiveConfig], dict[str, Any]]] = {
+    "gan_validation": gan_validation, "report": report_objective, "realism": realism_objective}
 
 
 class TrialTask(TrainTask):
@@ -75,5 +111,6 @@ class TrialTask(TrainTask):
         metrics = OBJECTIVES[objective.name](run_dir, objective)
         if not math.isfinite(metrics["objective"]):
             raise ValueError(f"{run_dir}: objective is {metrics['objective']} (metrics {metrics})")
-        return {"objective": metrics.pop("objective"), "metrics": metrics, "started": started,
-                "finished": time.time()}
+        violations = metrics.pop("violations", [])
+        return {"objective": metrics.pop("objective"), "metrics": metrics, "violations": violations,
+                "started": started, "finished": time.time()}

@@ -33,7 +33,8 @@ from kssgan_hpc.ksame.build import KSame
 from kssgan_hpc.ksame.records import ksame_from_file
 from kssgan_hpc.models import Discriminator, Generator
 from kssgan_hpc.train.loss import GanLoss, MicroBatch
-from kssgan_hpc.train.run import Run, batches_forever, loader_worker_init, model_from_data, seed_everything
+from kssgan_hpc.train.run import (Run, batches_forever, keyed_generator, loader_worker_init, model_from_data,
+                                  seed_everything)
 from kssgan_hpc.train.selection import CheckpointSelector
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def train_gan(cfg: GanConfig) -> Path:
                     real=engine.cast(to_unit(images).to(engine.device)),
                     inputs=generator_inputs(cfg, engine, clustering, labels, step, micro),
                     target=surrogates[torch.from_numpy(clustering.clusters_of(labels["identity"])).to(engine.device)],
-                    expression=labels["expression"].to(engine.device)))
+                    expression=labels["expression"].to(engine.device), micro=micro))
             stats, applied = _train_step(cfg, engine, losses, window, step)
             if applied[GENERATOR]:
                 # Ramped decay: early on the average follows G closely instead of its random init.
@@ -114,11 +115,8 @@ def generator_inputs(cfg: GanConfig, engine: Engine, clustering: KSame, labels: 
     """What G may see of a source: its cluster's base face posed on its pose landmarks, the cues, z."""
     landmarks = torch.from_numpy(clustering.pose_landmarks(labels["identity"], labels["landmarks"]))
     base = clustering.base_faces(labels["identity"], landmarks, engine.device)
-    # z from (seed, rank, step, micro-batch), not the global RNG, which a resumed DataLoader also
-    # draws from: a resumed run must see the same noise as an uninterrupted one.
-    noise = torch.Generator().manual_seed(int(np.random.SeedSequence(
-        [cfg.engine.seed, engine.rank, step, micro]).generate_state(1, np.uint64)[0] >> 1))
-    z = torch.randn(len(base), cfg.model.z_dim, generator=noise).to(engine.device)
+    z = torch.randn(len(base), cfg.model.z_dim, generator=keyed_generator(cfg.engine.seed, engine.rank, step,
+                                                                           micro)).to(engine.device)
     return (engine.cast(base), landmarks.to(engine.device), labels["expression"].to(engine.device),
             labels["pose"].to(engine.device), engine.cast(z))
 

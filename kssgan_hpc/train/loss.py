@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 from kssgan_hpc.checkpoints import DISCRIMINATOR, GENERATOR
 from kssgan_hpc.config.train import GanConfig
+from kssgan_hpc.train.augment import augment
+from kssgan_hpc.train.run import keyed_generator
 
 
 def d_adversarial(real: torch.Tensor, fake: torch.Tensor, kind: str) -> torch.Tensor:
@@ -56,6 +58,19 @@ def identity_push(embedding: torch.Tensor, source: torch.Tensor, margin: float) 
     return F.relu((embedding.float() * source.float()).sum(1) - margin).mean()
 
 
+def feature_matching(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Squared distance between the batch means of D's features of outputs and of real faces: the
+    outputs' statistics are pulled toward real faces', no output toward any one face."""
+    return (fake.float().mean(0) - real.float().mean(0)).pow(2).mean()
+
+
+def mode_seeking(first: torch.Tensor, second: torch.Tensor, z_first: torch.Tensor, z_second: torch.Tensor) -> torch.Tensor:
+    """Mode seeking (Mao et al. 2019): the inverse of how far two outputs of the same inputs differ per
+    unit of the distance of their noise; lowering it makes G use z (variety inside a cluster)."""
+    ratio = (first.float() - second.float()).abs().mean() / (z_first.float() - z_second.float()).abs().mean()
+    return 1 / (ratio + 1e-5)
+
+
 def base_consistency(output: torch.Tensor, base: torch.Tensor, size: int) -> torch.Tensor:
     """L1 between area-downsampled output and base face (size x size): the output keeps the base's
     layout and lighting, which keeps it a face; the base is k-anonymous, so this leaks nothing."""
@@ -75,6 +90,8 @@ class MicroBatch:
     """[N, d] the surrogate embedding of each source's cluster."""
     expression: torch.Tensor
     """[N] expression labels (-1 unknown)."""
+    micro: int = 0
+    """Its index in the step's window (with rank and step, the key of its augmentation draws)."""
 
 
 class GanLoss:
@@ -101,13 +118,19 @@ class GanLoss:
             return self._generator(batch, step)
         raise ValueError(f"unknown GAN phase {phase!r}; use D or G")
 
+    def _augment(self, images: torch.Tensor, batch: MicroBatch, step: int, phase: int) -> torch.Tensor:
+        """D's view of `images`: DiffAugment, drawn from (seed, rank, step, micro-batch, phase)."""
+        rng = keyed_generator(self.cfg.engine.seed, self.engine.rank, step, batch.micro, phase)
+        return augment(images, self.cfg.augment, self.cfg.augment_p, rng)
+
     def _discriminator(self, batch: MicroBatch, step: int, r1_step: bool) -> dict[str, Any]:
         cfg, engine = self.cfg, self.engine
         real = batch.real
         with torch.no_grad(), engine.autocast():
             fake = engine.model(GENERATOR)(*batch.inputs)
         with engine.autocast():
-            logits, expr_logits = engine.model(DISCRIMINATOR)(torch.cat([real, fake.detach()]))
+            logits, expr_logits = engine.model(DISCRIMINATOR)(self._augment(torch.cat([real, fake.detach()]), batch,
+                                                                            step, 0))
         logits = logits.float()
         real_logits, fake_logits = logits[: len(real)], logits[len(real):]
         adversarial = d_adversarial(real_logits, fake_logits, cfg.adversarial)
@@ -120,7 +143,7 @@ class GanLoss:
             # logits, in fp32, so the penalty is right under any loss scale.
             real_in = real.detach().requires_grad_(True)
             with engine.autocast():
-                r1_logits, _ = self.d_plain(real_in)
+                r1_logits, _ = self.d_plain(self._augment(real_in, batch, step, 1))
             r1 = r1_penalty(r1_logits, real_in)
             total = total + r1 * (cfg.r1_gamma / 2) * cfg.r1_every
         ok = self.all_finite(total, step)
@@ -131,23 +154,38 @@ class GanLoss:
 
     def _generator(self, batch: MicroBatch, step: int) -> dict[str, Any]:
         cfg, engine = self.cfg, self.engine
+        matching = cfg.w_feature_match > 0
         with engine.autocast():
             fake = engine.model(GENERATOR)(*batch.inputs)
-            fake_logits, fake_expr = self.d_plain(fake)
+            fake_logits, fake_expr, fake_features = self.d_plain(self._augment(fake, batch, step, 2), features=True)
             fake_embedding = self.siamese(fake.float())
             with torch.no_grad():
                 source_embedding = self.siamese(batch.real.float())
+                real_features = self.d_plain(self._augment(batch.real, batch, step, 3), features=True)[2] \
+                    if matching else None
         adversarial = g_adversarial(fake_logits.float(), cfg.adversarial)
         pull = identity_pull(fake_embedding, batch.target)
         push = identity_push(fake_embedding, source_embedding, cfg.id_margin)
         expression = expression_loss(fake_expr, batch.expression)
         to_base = base_consistency(fake, batch.inputs[0], cfg.base_size)
+        zero = torch.zeros((), device=fake.device)
+        matched = feature_matching(fake_features, real_features) if matching else zero
+        seeking = zero
+        if cfg.w_diversity > 0:  # the same inputs with other noise, drawn from this micro-batch's key
+            z = batch.inputs[4]
+            other = torch.randn(z.shape, generator=keyed_generator(cfg.engine.seed, engine.rank, step, batch.micro, 4))
+            other = other.to(z.device, z.dtype)
+            with engine.autocast():
+                second = engine.model(GENERATOR)(*batch.inputs[:4], other)
+            seeking = mode_seeking(fake, second, z, other)
         total = (cfg.w_adv * adversarial + cfg.w_id_pull * pull + cfg.w_id_push * push
-                 + cfg.w_expression * expression + cfg.w_base * to_base)
+                 + cfg.w_expression * expression + cfg.w_base * to_base + cfg.w_feature_match * matched
+                 + cfg.w_diversity * seeking)
         ok = self.all_finite(total, step)
         engine.backward(GENERATOR, total) if ok else engine.zero_backward(GENERATOR)
         cos_source = (fake_embedding.float() * source_embedding.float()).sum(1).mean()
         return {"ok": ok, "loss/g_adversarial": adversarial.item(), "loss/id_pull": pull.item(),
                 "loss/id_push": push.item(), "loss/g_expression": expression.item(),
-                "loss/base_l1": to_base.item(), "loss/g_total": total.item(),
+                "loss/base_l1": to_base.item(), "loss/feature_match": matched.item(),
+                "loss/mode_seeking": seeking.item(), "loss/g_total": total.item(),
                 "identity/cos_to_surrogate": 1 - pull.item(), "identity/cos_to_source": cos_source.item()}

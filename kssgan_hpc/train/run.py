@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
@@ -95,6 +96,12 @@ def model_from_data(data: Any, model: ModelConfig, source: str) -> None:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def keyed_generator(*keys: int) -> torch.Generator:
+    """A CPU torch.Generator seeded from `keys` (seed, rank, step, ...), not from the global RNG, which
+    a resumed DataLoader also draws from: a resumed run draws what an uninterrupted one would."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> 1))
 
 
 class Run:

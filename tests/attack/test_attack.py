@@ -3,11 +3,12 @@
 from pathlib import Path
 
 import pytest
-from helpers import LeakyGenerator
+from helpers import FixedFaceGenerator, LeakyGenerator
 
 from kssgan_hpc.artefacts import load_siamese
 from kssgan_hpc.config.gate import ATTACKERS, GateConfig
 from kssgan_hpc.data.dataset import FaceShards
+from kssgan_hpc.data.pixels import to_unit
 from kssgan_hpc.attack.attackers import Gallery, make_attacker, run_attack
 from kssgan_hpc.attack.heldout import HeldOutAttack
 from kssgan_hpc.attack.population import population_of
@@ -53,6 +54,27 @@ def test_a_planted_source_pixel_cue_trips_the_gate_and_k_same_aligned_passes(peo
     assert leaky["worst"]["rank1"] > 0.5 and leaky["worst"]["p_value"] < 1e-6
     aligned = gate.measure("ksame_aligned")
     assert aligned["passed"], aligned["reasons"]
+
+
+def test_a_generator_that_paints_a_training_person_into_every_face_fails_the_gate(demo_data: Path,
+                                                                                siamese_run: Path) -> None:
+    siamese, _ = load_siamese(siamese_run)
+    training = FaceShards(demo_data, "train")
+    gate = HeldOutAttack(FaceShards(demo_data, "test"), siamese, siamese_run, 4,
+                         GateConfig(attackers=["sface", "lowpass8"], min_faces_detected=0.0, rule="point"),
+                         training=training)
+    memorised = gate.measure("kssgan", FixedFaceGenerator(to_unit(training.__getitems__([0]).images[0])))
+    # One face for everybody: no appearance attacker tells the held-out people apart ...
+    assert memorised["worst"]["rank1"] <= 0.25 + 1e-9
+    # ... but every face is a training person's, more often than their real faces match one (at 32 px
+    # SFace's false matches are many: the baseline is what makes the share readable).
+    leak = memorised["third_party"]["sface"]
+    assert leak["matched"] == 1.0 and leak["excess"] > 0.05 and leak["training_people"] == 32
+    assert leak["baseline"] == max(leak["baseline_real"], leak["baseline_base"])  # its base, k-Same-Aligned, too
+    assert not memorised["passed"] and any(r.startswith("third-party leak: sface") for r in memorised["reasons"])
+    assert memorised["realism"]["kid"] > 0 and memorised["realism"]["fine"] > 0
+    aligned = gate.measure("ksame_aligned")  # no generator to leak through: not checked
+    assert "third_party" not in aligned and aligned["passed"], aligned["reasons"]
 
 
 def test_too_few_held_out_people_is_a_failed_gate(demo_data: Path, siamese_run: Path) -> None:

@@ -10,7 +10,8 @@ from helpers import OPEN_GATE, kssgan
 from kssgan_hpc.config.gate import ALL_ATTACKERS, ATTACKERS, CUE_ATTACKERS
 from kssgan_hpc.evaluate.baselines import gaussian_blur, ksame_pixel, pixelate
 from kssgan_hpc.attack.kid import kernel_inception_distance, kid_interval
-from kssgan_hpc.attack.measures import cmc, high_frequency_share, identity_gallery, psnr, ssim
+from kssgan_hpc.attack.measures import (cmc, cue_error, detected_landmarks, high_frequency_share, identity_gallery,
+                                       psnr, spread_within, ssim)
 from kssgan_hpc.evaluate.report import separated
 
 
@@ -58,6 +59,18 @@ def test_report_fields(report: dict) -> None:
             if method.startswith(("ksame_aligned", "kssgan")):
                 variety = entry["pose_variety_px"]
                 assert variety["released"] > 0 and variety["sources"] > 0
+            # Cue fidelity against the landmarks each face was asked to take; k-Same-Pixel is asked none.
+            assert (entry["cue_error_iod"] is None) == method.startswith("ksame_pixel") or entry["faces_detected"] == 0
+            assert entry["cue_error_iod"] is None or entry["cue_error_iod"] >= 0
+            assert set(entry["shown_pose_variety_px"]) == {"released", "sources"}
+            # The third-party leak: SFace and dlib each, against the real faces' own false matches.
+            assert set(entry["third_party"]) == {"sface", "dlib"}
+            for leak in entry["third_party"].values():
+                assert leak["excess"] == pytest.approx(leak["matched"] - leak["baseline"])
+                assert leak["faces"] == population["probes"]
+                assert leak["training_people"] == 32
+            if method == "original":
+                assert all(leak["excess"] == 0 for leak in entry["third_party"].values())
         assert population["methods"]["kssgan@4"]["k_bound"] == 0.25
         assert population["methods"]["original"]["ssim"] == pytest.approx(1.0)
     assert training["anonymity"]["4"] == {"clusters": 8, "min_identities_per_cluster": 4,
@@ -131,3 +144,25 @@ def test_measures() -> None:
     fine = high_frequency_share(faces)
     assert (high_frequency_share(gaussian_blur(faces, 2.0)) < fine / 3).all()
     assert (high_frequency_share(pixelate(faces, 8)) < fine).all()
+
+
+def test_cue_fidelity_and_variety_on_constructed_cases() -> None:
+    rng = np.random.default_rng(0)
+    given = np.array([[[20, 24], [44, 24], [32, 36], [24, 46], [40, 46]]], np.float64).repeat(6, 0)
+    given += rng.normal(0, 1, size=given.shape)
+    iod = np.linalg.norm(given[:, 0] - given[:, 1], axis=1)
+    assert cue_error(given, given) == 0.0
+    # Every landmark found 0.1 inter-ocular distances off the one asked for: a cue error of 0.1.
+    found = given + np.stack([0.1 * iod, np.zeros(6)], axis=1)[:, None, :]
+    assert cue_error(given, found) == pytest.approx(0.1)
+    # An output where no face was found does not count; none found at all: no figure.
+    found[0] = np.nan
+    assert cue_error(given, found) == pytest.approx(0.1) and cue_error(given, np.full_like(given, np.nan)) is None
+    # YuNet rows (box, 5 points, score) on the 160 px view back to the face's own pixels.
+    row = np.concatenate([[0, 0, 10, 10], (given[1] * 160 / 64).ravel(), [0.9]])
+    assert np.allclose(detected_landmarks([row, None], 64)[0], given[1]) and np.isnan(detected_landmarks([None], 64)).all()
+    # Variety: outputs that copy their cluster's mean score 0; the sources' own spread is kept as is.
+    faces = rng.integers(0, 256, size=(8, 16, 16, 1)).astype(np.float64)
+    clusters = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    means = np.stack([faces[clusters == c].mean(0) for c in clusters])
+    assert spread_within(means, clusters) == 0.0 and spread_within(faces, clusters) > 0

@@ -68,3 +68,24 @@ def test_cues_can_be_switched_off() -> None:
     assert not torch.equal(on(base, landmarks, smile, pose, z), on(base, moved, smile, pose, z))
     assert not torch.equal(on(base, landmarks, smile, pose, z), on(base, landmarks, neutral, pose, z))
     assert torch.equal(off(base, landmarks, smile, pose, z), off(base, moved, neutral, pose, z))
+
+
+def test_diffaugment_is_differentiable_keyed_and_off_at_zero() -> None:
+    from kssgan_hpc.train.augment import augment
+    from kssgan_hpc.train.run import keyed_generator
+
+    images = (torch.rand(8, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    policy = ["color", "translation", "cutout"]
+    out = augment(images, policy, 1.0, keyed_generator(0, 0, 5, 0, 0))
+    assert out.shape == images.shape and not torch.equal(out, images)
+    out.square().sum().backward()  # G's gradient flows through D's augmentation
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    # The same key draws the same transforms (a resumed run augments as an uninterrupted one); another does not.
+    again = augment(images, policy, 1.0, keyed_generator(0, 0, 5, 0, 0))
+    assert torch.equal(out, again) and not torch.equal(out, augment(images, policy, 1.0, keyed_generator(0, 0, 6, 0, 0)))
+    assert torch.equal(augment(images, policy, 0.0, keyed_generator(0)), images)
+    # Cutout zeroes a square of half the side; translation moves whole pixels, zero-padded.
+    holes = augment(torch.ones(4, 1, 32, 32), ["cutout"], 1.0, keyed_generator(1))
+    assert ((holes == 0).flatten(1).sum(1) == 16 * 16).all()
+    shifted = augment(torch.ones(4, 1, 32, 32), ["translation"], 1.0, keyed_generator(2))
+    assert set(shifted.unique().tolist()) <= {0.0, 1.0}

@@ -50,14 +50,14 @@ def test_a_failing_generator_falls_back_only_to_what_passes(demo_data: Path, gan
     leaky = LeakyGenerator(FaceShards(demo_data, "train"), siamese)
     cfg = leaky_release(demo_data, gan_run, "aligned")
     shipped = gate_release(cfg, tmp_path / "gate.json", demo_data, siamese, str(siamese_run), leaky,
-                           torch.device("cpu"), 0)
+                           torch.device("cpu"), 0, demo_data)
     gate = json.loads((tmp_path / "gate.json").read_text())
     assert shipped == gate["shipped"] == "ksame_aligned"
     assert not gate["generator"]["passed"] and gate["generator"]["reasons"][0].startswith("train: ")
     assert gate["ksame_aligned"]["passed"] and set(gate["ksame_aligned"]["splits"]) == {"train"}
     with pytest.raises(RunFailure, match="failed the release gate and gate.fallback=refuse: nothing was released"):
         gate_release(leaky_release(demo_data, gan_run, "refuse"), tmp_path / "refused.json", demo_data, siamese,
-                     str(siamese_run), leaky, torch.device("cpu"), 0)
+                     str(siamese_run), leaky, torch.device("cpu"), 0, demo_data)
 
 
 def test_a_fallback_that_fails_too_releases_nothing(demo_data: Path, gan_run: Path, tmp_path: Path) -> None:

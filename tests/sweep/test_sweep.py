@@ -52,6 +52,18 @@ def test_report_objective(sweep_file) -> None:
     assert float(row["objective"]) == pytest.approx(privacy + (1 - ssim) + kid)
 
 
+def test_realism_objective_tells_an_infeasible_trial_the_penalty(sweep_file) -> None:
+    # Faces in more than every output: no trial can meet it, so the trial is infeasible, not failed.
+    path = sweep_file(budget=1, num_workers=1, failure_penalty=7.0,
+                      objective={"name": "realism", "split": "test", "ks": [4], "min_faces_detected": 1.01,
+                                 "attackers": ["siamese", "sface", "lowpass8"], "probes_per_identity": 1})
+    proc = kssgan("sweep", "--config", str(path), timeout=400)
+    row = next(csv.DictReader((Path(yaml.safe_load(path.read_text())["out"]) / "results.csv").open()))
+    assert row["status"] == "infeasible", proc.stdout + proc.stderr
+    assert float(row["told"]) == 7.0 and float(row["objective"]) == pytest.approx(float(row["metric.realism/kid_sface"]))
+    assert "faces detected in" in row["error"] and 0 <= float(row["metric.privacy/worst_rank1"]) <= 1
+
+
 def test_failing_trials_are_recorded_and_abort_above_the_failure_rate(sweep_file, tmp_path: Path) -> None:
     path = sweep_file(budget=8, trial_overrides=["steps=4", f"siamese={tmp_path / 'missing'}"])
     proc = kssgan("sweep", "--config", str(path), timeout=240)

@@ -45,3 +45,17 @@ def test_base_consistency_sees_low_frequencies_only() -> None:
     checker = (torch.arange(16)[:, None] + torch.arange(16)[None]) % 2 * 2.0 - 1  # zero mean per 2x2
     assert loss.base_consistency(base + checker, base, size=8) == 0
     assert loss.base_consistency(base + 0.5, base, size=8) == pytest.approx(0.5)
+
+
+def test_feature_matching_compares_batch_statistics_not_pairs() -> None:
+    real = torch.tensor([[1.0, 0.0], [3.0, 2.0]])
+    # The same batch statistics in another order: nothing to match, whichever output is whose.
+    assert loss.feature_matching(real.flip(0), real) == 0
+    assert loss.feature_matching(real + 1.0, real) == pytest.approx(1.0)
+
+
+def test_mode_seeking_rewards_outputs_that_follow_the_noise() -> None:
+    z1, z2 = torch.zeros(2, 4), torch.ones(2, 4)
+    same = torch.zeros(2, 1, 4, 4)
+    assert loss.mode_seeking(same, same + 0.5, z1, z2) < loss.mode_seeking(same, same + 0.1, z1, z2)
+    assert loss.mode_seeking(same, same + 0.5, z1, z2) == pytest.approx(2.0, rel=1e-3)

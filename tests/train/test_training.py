@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import free_port, kill_tree, kssgan, metrics, torchrun, torchrun_cmd, torchrun_env
+from helpers import OPEN_GATE, TINY, free_port, kill_tree, kssgan, metrics, torchrun, torchrun_cmd, torchrun_env
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from kssgan_hpc.artefacts import generator_weights
+from kssgan_hpc.artefacts import generator_weights, load_siamese
 from kssgan_hpc.checkpoints import SELECTED
+from kssgan_hpc.config import load_config
+from kssgan_hpc.config.train import GanConfig, ModelConfig
+from kssgan_hpc.train.selection import CheckpointSelector
 from kssgan_hpc.ksame.records import load_clusters
 
 REPO = Path(__file__).parents[2]
@@ -87,6 +90,45 @@ def test_every_checkpoint_is_attacked_and_the_passing_one_ships(gan_run: Path) -
         assert json.loads((gan_run / SELECTED / "selected.json").read_text())["step"] == 4
     else:  # nothing passed: the newest checkpoint, which anonymize's own gate will refuse
         assert shipped.parent.name == "step-00000004" and records[0]["reasons"]
+
+
+class ScalarLog:
+    """What the selector writes to a run besides its files: TensorBoard scalars, kept here to read back."""
+
+    def __init__(self) -> None:
+        self.scalars: dict[int, dict[str, float]] = {}
+
+    def log_scalars(self, step: int, values: dict[str, float]) -> None:
+        self.scalars[step] = values
+
+
+class NoisyBase(torch.nn.Module):
+    """Planted: its base face drowned in noise (private, but far from real faces)."""
+
+    def __init__(self, resolution: int, amount: float) -> None:
+        super().__init__()
+        self.cfg = ModelConfig(resolution=resolution)
+        self.amount = torch.nn.Parameter(torch.tensor(amount))
+
+    def forward(self, base, landmarks, expression, pose, z):  # noqa: ANN001, ANN201
+        noise = torch.randn(base.shape, generator=torch.Generator().manual_seed(0))
+        return (base + self.amount * noise).clamp(-1, 1)
+
+
+def test_selection_ships_the_most_real_passing_checkpoint_not_the_newest(demo_data: Path, siamese_run: Path,
+                                                                          clusters: Path, tmp_path: Path) -> None:
+    cfg = load_config(GanConfig, overrides=[f"data={demo_data}", f"siamese={siamese_run}", f"clusters={clusters}",
+                                            "gate.attackers=[lowpass8]", *OPEN_GATE, *TINY])
+    siamese, _ = load_siamese(siamese_run)
+    log = ScalarLog()
+    CheckpointSelector(cfg, tmp_path, siamese, "cpu").measure(10, NoisyBase(32, 0.05), log)
+    CheckpointSelector(cfg, tmp_path, siamese, "cpu").measure(20, NoisyBase(32, 0.9), log)  # resumed: reads step 10
+    records = [json.loads(line) for line in (tmp_path / SELECTED / "selection.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["passed"], r["selected"]) for r in records] == [(10, True, True), (20, True, False)]
+    assert records[1]["kid"] > records[0]["kid"]  # both private; the newer one is noise, less real
+    assert json.loads((tmp_path / SELECTED / "selected.json").read_text())["step"] == 10
+    assert load_file(tmp_path / SELECTED / "ema_g.safetensors")["amount"].item() == pytest.approx(0.05)
+    assert {"realism/kid", "realism/fine", "gate/third_party_excess"} <= set(log.scalars[20])
 
 
 def test_resume_equals_uninterrupted(gan_args: list[str], tmp_path: Path) -> None:
