@@ -184,6 +184,19 @@ def test_cluster_files_and_checkpoints_that_are_wrong(demo_data: Path, siamese_r
             "trainer-rank00000.pt", "not a readable state file")
 
 
+def test_a_generator_whose_training_data_is_gone_is_refused_before_a_release(gan_run: Path, demo_data: Path,
+                                                                             tmp_path: Path) -> None:
+    # The gate's third-party check matches every output against G's training people: without them
+    # it cannot be run, so nothing is released (and the release folder is not even made).
+    moved = tmp_path / "gan"
+    shutil.copytree(gan_run, moved)
+    for config in moved.glob("checkpoints/step-*/config.yaml"):
+        config.write_text(config.read_text().replace(str(demo_data), str(tmp_path / "gone")))
+    refused(kssgan("anonymize", f"gan={moved}", f"data={demo_data}", f"out={tmp_path / 'r'}", "splits=[train]"),
+            str(tmp_path / "gone"), "third-party check")
+    assert not (tmp_path / "r").exists()
+
+
 def test_bad_arguments_are_one_line(gan_run: Path, demo_data: Path, tmp_path: Path) -> None:
     junk = tmp_path / "junk" / "person"
     junk.mkdir(parents=True)

@@ -46,6 +46,7 @@ from kssgan_hpc.config.release import AnonymizeConfig
 from kssgan_hpc.data.dataset import FaceShards
 from kssgan_hpc.data.shards import (
     FORMAT_VERSION,
+    ShardError,
     ShardWriter,
     load_manifest,
     open_shard,
@@ -121,6 +122,11 @@ def anonymize(cfg: AnonymizeConfig, progress: bool = True) -> Path:
     verify = cfg.verify if env.rank == 0 else "quick"  # one rank reads every byte
     if not cfg.input:
         verify_dataset(cfg.data, verify)
+    try:  # the gate's third-party check needs G's training people: whom it could have memorised
+        load_manifest(gan_cfg.data)
+    except ShardError as err:
+        raise InputError(f"{err} — the generator's training data ({gan_cfg.data}, from {cfg.gan}) is needed by the "
+                         "release gate's third-party check") from None
     out = claim_folder(cfg.out, "release")  # every input above is checked before this first write
     data_dir = _prepared_input(cfg, gan_cfg.model.resolution) if cfg.input else Path(cfg.data)
     splits = ["test"] if cfg.input else cfg.splits
