@@ -7,9 +7,10 @@ de-identified with its own z, and every attacker run. A method passes when every
 is shown to be <= 1/k + tolerance (the one-sided binomial test at ALPHA: few probes cannot show it;
 `gate.rule=point` only asks the measured rank-1 to be), YuNet finds a face in enough outputs, and
 (a generator, given its training people) SFace matches no more outputs to a training person
-outside their cluster than it matches the same people's real faces, beyond the tolerance
-(attack/third_party.py). k-Same-Aligned, a cluster's own average, has no generator to leak
-through: averages match strangers more often than photos do, which says nothing of memorisation.
+outside their cluster, beyond the tolerance, than it matches the same people's real faces or the
+generator's own inputs, their k-Same-Aligned base faces (attack/third_party.py). k-Same-Aligned
+itself, a cluster's own average, has no generator to leak through: averages match strangers more
+often than photos do, which says nothing of memorisation.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def verdict(measured: dict[str, Any], k: int, cfg: GateConfig) -> list[str]:
     for name, leak in measured.get("third_party", {}).items():
         if leak["excess"] > cfg.tolerance:
             reasons.append(f"third-party leak: {name} matches {leak['matched']:.3f} of outputs to a training person "
-                           f"outside their cluster ({leak['rule']}), real faces {leak['baseline']:.3f}: excess "
+                           f"outside their cluster ({leak['rule']}), its baseline (real faces, its base) "
+                           f"{leak['baseline']:.3f}: excess "
                            f"{leak['excess']:.3f} > tolerance {cfg.tolerance}")
     if measured["faces_detected"] < cfg.min_faces_detected:
         reasons.append(f"faces detected in {measured['faces_detected']:.3f} of outputs "

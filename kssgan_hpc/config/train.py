@@ -228,8 +228,9 @@ class GanConfig(LoopConfig):
     D's last hidden features of G's outputs and of the real batch (statistics of the batch, not of
     any output's own source)."""
     w_diversity: float = 0.0
-    """Weight of mode seeking (Mao et al. 2019): two noises for the same inputs must give different
-    faces, so a cluster's faces vary beyond their poses (0: off; costs a second G pass)."""
+    """Weight of the diversity term (train/loss.diversity, Yang et al. 2019): two noises for the same
+    inputs must give different faces, so a cluster's faces vary beyond their poses (0: off; costs a
+    second G pass)."""
     augment: list[str] = field(default_factory=lambda: ["color", "translation", "cutout"])
     """DiffAugment ops on every image D sees, real and generated, in both phases (train/augment.py)."""
     augment_p: float = 0.0

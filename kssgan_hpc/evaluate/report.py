@@ -394,8 +394,11 @@ def verdicts(report: dict[str, Any]) -> dict[str, Any]:
         for name in ("kssgan", "ksame_aligned"):
             out[f"{label}/{name}/every_attacker_within_1/k+tolerance"] = all(
                 methods[f"{name}@{k}"]["within_bound"] for k in ks)
-            out[f"{label}/{name}/third_party_leak_within_tolerance"] = all(
-                leak["excess"] <= report["tolerance"] for k in ks for leak in methods[f"{name}@{k}"]["third_party"].values())
+            # Per recognizer: each has its own match rule, and dlib's is for photographs (it "matches"
+            # blurred and averaged faces too): one verdict must not hide the other.
+            for recognizer in methods[f"{name}@{ks[0]}"]["third_party"]:
+                out[f"{label}/{name}/third_party_leak_within_tolerance/{recognizer}"] = all(
+                    methods[f"{name}@{k}"]["third_party"][recognizer]["excess"] <= report["tolerance"] for k in ks)
             out[f"{label}/{name}/faces_detected_min"] = min(methods[f"{name}@{k}"]["faces_detected"] for k in ks)
         for k in ks:
             gan, pixel, aligned = methods[f"kssgan@{k}"], methods[f"ksame_pixel@{k}"], methods[f"ksame_aligned@{k}"]

@@ -64,11 +64,17 @@ def feature_matching(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return (fake.float().mean(0) - real.float().mean(0)).pow(2).mean()
 
 
-def mode_seeking(first: torch.Tensor, second: torch.Tensor, z_first: torch.Tensor, z_second: torch.Tensor) -> torch.Tensor:
-    """Mode seeking (Mao et al. 2019): the inverse of how far two outputs of the same inputs differ per
-    unit of the distance of their noise; lowering it makes G use z (variety inside a cluster)."""
+DIVERSITY_CAP = 0.5
+"""Output distance per unit of noise distance beyond which more variety earns nothing."""
+
+
+def diversity(first: torch.Tensor, second: torch.Tensor, z_first: torch.Tensor, z_second: torch.Tensor) -> torch.Tensor:
+    """Diversity-sensitive term (Yang et al. 2019; mode seeking, Mao et al. 2019, in a bounded form):
+    minus how far two outputs of the same inputs differ per unit of the distance of their noise,
+    capped at DIVERSITY_CAP. Lowering it makes G use z (variety inside a cluster). Mao et al.'s
+    1 / ratio explodes here: G starts ignoring z (ratio ~0) and the term swamped every other loss."""
     ratio = (first.float() - second.float()).abs().mean() / (z_first.float() - z_second.float()).abs().mean()
-    return 1 / (ratio + 1e-5)
+    return -ratio.clamp(max=DIVERSITY_CAP)
 
 
 def base_consistency(output: torch.Tensor, base: torch.Tensor, size: int) -> torch.Tensor:
@@ -177,7 +183,7 @@ class GanLoss:
             other = other.to(z.device, z.dtype)
             with engine.autocast():
                 second = engine.model(GENERATOR)(*batch.inputs[:4], other)
-            seeking = mode_seeking(fake, second, z, other)
+            seeking = diversity(fake, second, z, other)
         total = (cfg.w_adv * adversarial + cfg.w_id_pull * pull + cfg.w_id_push * push
                  + cfg.w_expression * expression + cfg.w_base * to_base + cfg.w_feature_match * matched
                  + cfg.w_diversity * seeking)
@@ -187,5 +193,5 @@ class GanLoss:
         return {"ok": ok, "loss/g_adversarial": adversarial.item(), "loss/id_pull": pull.item(),
                 "loss/id_push": push.item(), "loss/g_expression": expression.item(),
                 "loss/base_l1": to_base.item(), "loss/feature_match": matched.item(),
-                "loss/mode_seeking": seeking.item(), "loss/g_total": total.item(),
+                "loss/diversity": seeking.item(), "loss/g_total": total.item(),
                 "identity/cos_to_surrogate": 1 - pull.item(), "identity/cos_to_source": cos_source.item()}

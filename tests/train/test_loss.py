@@ -54,8 +54,10 @@ def test_feature_matching_compares_batch_statistics_not_pairs() -> None:
     assert loss.feature_matching(real + 1.0, real) == pytest.approx(1.0)
 
 
-def test_mode_seeking_rewards_outputs_that_follow_the_noise() -> None:
+def test_diversity_rewards_outputs_that_follow_the_noise_up_to_a_cap() -> None:
     z1, z2 = torch.zeros(2, 4), torch.ones(2, 4)
     same = torch.zeros(2, 1, 4, 4)
-    assert loss.mode_seeking(same, same + 0.5, z1, z2) < loss.mode_seeking(same, same + 0.1, z1, z2)
-    assert loss.mode_seeking(same, same + 0.5, z1, z2) == pytest.approx(2.0, rel=1e-3)
+    assert loss.diversity(same, same + 0.3, z1, z2) < loss.diversity(same, same + 0.1, z1, z2)
+    assert loss.diversity(same, same + 0.1, z1, z2) == pytest.approx(-0.1)
+    assert loss.diversity(same, same, z1, z2) == 0  # bounded where G ignores z: nothing explodes
+    assert loss.diversity(same, same + 2.0, z1, z2) == -loss.DIVERSITY_CAP  # noise for its own sake earns nothing
