@@ -59,11 +59,11 @@ def test_driver_job_with_a_cancelled_trial(sweep_file, tmp_path: Path) -> None:
                       poll_s=1.0)
     out = tmp_path / "sweep"
     driver = submit_driver(path, tmp_path)
-    wait_until(lambda: sum(t["status"] == "running" and t["job_id"] is not None for t in trials(out)) == 4, 120,
+    wait_until(lambda: sum(t["status"] == "running" and t["job_id"] is not None for t in trials(out)) == 4, 600,
                "4 trials in flight")
     # The newest trial in flight, once its training has started: it has the longest still to run.
     victim = max((t for t in trials(out) if t["status"] == "running"), key=lambda t: t["submitted"])
-    wait_until(lambda: (out / "trials" / f"trial-{victim['trial']:04d}" / "gan.log").is_file(), 60,
+    wait_until(lambda: (out / "trials" / f"trial-{victim['trial']:04d}" / "gan.log").is_file(), 600,
                f"trial {victim['trial']} training")
     subprocess.run(["scancel", victim["job_id"]], timeout=30, check=True)
     states = wait_for_jobs([driver], records=1, timeout=400)
