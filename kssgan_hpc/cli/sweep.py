@@ -38,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not resume:
         print(f"no sweep state in {sweep.out}: starting")
     best = sweep.run(resume=resume)  # SweepAborted (a failing population): exit 1
-    counts = {s: sum(t.status == s for t in sweep.trials) for s in ("completed", "failed")}
-    print(f"optimizer {sweep.chosen()}: {counts['completed']} completed, {counts['failed']} failed")
+    counts = {s: sum(t.status == s for t in sweep.trials) for s in ("completed", "infeasible", "failed")}
+    print(f"optimizer {sweep.chosen()}: {counts['completed']} completed, {counts['infeasible']} infeasible "
+          f"(a privacy constraint broken), {counts['failed']} failed")
     print(f"results:     {sweep.out / 'results.csv'}")
     if best is None:
         print("no trial completed: no best configuration")
