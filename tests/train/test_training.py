@@ -133,9 +133,11 @@ def test_selection_ships_the_most_real_passing_checkpoint_not_the_newest(demo_da
 
 def test_resume_equals_uninterrupted(gan_args: list[str], tmp_path: Path) -> None:
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    torchrun(*gan_args, f"out={straight}", "steps=6", "checkpoint_every=100", tmp=tmp_path)
-    torchrun(*gan_args, f"out={resumed}", "steps=3", "checkpoint_every=100", tmp=tmp_path)
-    torchrun(*gan_args, f"out={resumed}", "steps=6", "checkpoint_every=100", tmp=tmp_path)
+    # With every random draw of the loop on: z, D's augmentations, the diversity term's second noise.
+    args = [*gan_args, "augment_p=0.5", "w_feature_match=1.0", "w_diversity=1.0", "checkpoint_every=100"]
+    torchrun(*args, f"out={straight}", "steps=6", tmp=tmp_path)
+    torchrun(*args, f"out={resumed}", "steps=3", tmp=tmp_path)
+    torchrun(*args, f"out={resumed}", "steps=6", tmp=tmp_path)
     assert "resumed from" in (resumed / "gan.log").read_text()
     assert_equal_weights(weights(straight, 6), weights(resumed, 6))  # G, D and the EMA of G
 
