@@ -40,8 +40,9 @@ class ThirdParties:
             raise ValueError(f"no match rule for recognizer {name!r}; use one of {', '.join(MATCH_RULES)}")
         self.name, self.recognizer = name, recognizer
         self.metric, threshold = MATCH_RULES[name]
-        self.threshold = threshold if self.metric == "cosine" else -threshold
         self.unit = self.metric == "cosine"
+        self.threshold = threshold if self.unit else -threshold  # on _similarity's scale: higher = more alike
+        self.rule = f"{self.metric} {'>=' if self.unit else '<='} {threshold}"
         self.identities = np.asarray(identities)
         self.embeddings = recognizer.embed(images, unit=self.unit)
 
@@ -64,10 +65,8 @@ class ThirdParties:
         real = self.share_matched(originals, excluded)
         from_base = None if base is None else self.share_matched(base, excluded)
         baseline = max(real, from_base or 0.0)
-        metric, threshold = MATCH_RULES[self.name]
         return {"matched": matched, "baseline": baseline, "baseline_real": real, "baseline_base": from_base,
-                "excess": matched - baseline, "faces": len(released),
-                "rule": f"{metric} {'>=' if metric == 'cosine' else '<='} {threshold}",
+                "excess": matched - baseline, "faces": len(released), "rule": self.rule,
                 "training_people": len(np.unique(self.identities))}
 
 
