@@ -14,9 +14,15 @@ random points as random search and would "reach" its best by sharing it.
 Latency: the driver's submit time to the trial's first Python line (sub-second), and Slurm's own
 Submit->Start (sacct, whole seconds).
 
+Best-so-far curves: per run, the best objective told after each finished trial (infeasible trials
+are told the penalty and never lower it), and per optimizer their median over seeds, written to the
+JSON and drawn as an SVG beside it.
+
     python benchmarks/sweep.py                                   # NGOpt vs RandomSearch, seeds 0 1 2
     python benchmarks/sweep.py --optimizers TwoPointsDE RandomSearch --seeds 0 1 2 3
-Prints a table and writes benchmarks/results/sweep.json.
+    python benchmarks/sweep.py --sweep configs/sweep/realism.yaml --optimizers TwoPointsDE RandomSearch \
+        --budget 12 --workers 2 --steps 150 --out benchmarks/results/sweep_realism.json
+Prints a table and writes the JSON (and its .svg curves).
 """
 
 from __future__ import annotations
@@ -82,22 +88,32 @@ def slurm_up() -> bool:
         return False
 
 
+def trial_overrides(sweep_file: Path, steps: int) -> str:
+    """The sweep file's own trial overrides with the benchmark's budget in place of its steps."""
+    ours = {"steps": steps, "checkpoint_every": steps, "image_every": 100000, "log_every": steps, "workers": 0}
+    theirs = [o for o in yaml.safe_load(sweep_file.read_text()).get("trial_overrides", [])
+              if o.split("=", 1)[0] not in ours]
+    return "trial_overrides=[" + ",".join([*(f"{k}={v}" for k, v in ours.items()), *theirs]) + "]"
+
+
 def run_sweep(work: Path, base: Path, optimizer: str, seed: int, args: argparse.Namespace, executor: str) -> dict:
     out = work / "sweeps" / f"{optimizer}-seed{seed}"
     overrides = [f"out={out}", f"base_config={base}", f"optimizer={optimizer}", f"seed={seed}",
                  f"budget={args.budget}", f"num_workers={args.workers}", f"name=bench-{optimizer}-{seed}",
-                 f"trial.executor={executor}", "poll_s=0.5",
-                 f"trial_overrides=[steps={args.steps},checkpoint_every={args.steps},image_every=100000,"
-                 f"log_every={args.steps},workers=0]"]
-    cfg = load_config(SweepConfig, REPO / "configs" / "sweep" / "demo.yaml", overrides)
+                 f"trial.executor={executor}", "poll_s=0.5", trial_overrides(args.sweep, args.steps)]
+    cfg = load_config(SweepConfig, args.sweep, overrides)
     sweep = Sweep(cfg)
     tick = time.time()
     sweep.run(resume=sweep.has_state())
     wall = time.time() - tick
     trials = sorted(sweep.trials, key=lambda t: t.ended)
     record = json.loads((out / "sweep.json").read_text())
+    told = [t.told for t in trials]
     return {"optimizer": optimizer, "seed": seed, "chosen": sweep.chosen(), "wall_s": round(wall, 1),
-            "told": [t.told for t in trials], "failed": sum(t.status == "failed" for t in trials),
+            "told": told, "best_so_far": np.minimum.accumulate(told).tolist(),
+            "failed": sum(t.status == "failed" for t in trials),
+            "infeasible": sum(t.status == "infeasible" for t in trials),
+            "best_params": min(trials, key=lambda t: t.told).params,
             "latency_s": [round(t.started - t.submitted, 3) for t in trials if t.started],
             "job_ids": [t.job_id for t in trials], "tell_overhead_s": record["tell_overhead_s"]}
 
@@ -117,6 +133,8 @@ def sacct_latency(job_ids: list[str]) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sweep", type=Path, default=REPO / "configs" / "sweep" / "demo.yaml",
+                        help="sweep file whose space and objective are benchmarked")
     parser.add_argument("--optimizers", nargs=2, default=["NGOpt", "RandomSearch"],
                         metavar=("CHOSEN", "BASELINE"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -130,6 +148,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     base = prepare(work)
     executor = "slurm" if slurm_up() else "local"
+    penalty = load_config(SweepConfig, args.sweep, []).failure_penalty
     chosen, baseline = args.optimizers
     runs, efficiency = [], []
     for seed in args.seeds:
@@ -158,11 +177,47 @@ def main() -> None:
                              "max": 1000 * max((r["tell_overhead_s"]["max"] for r in runs
                                                 if r["tell_overhead_s"]["max"] is not None), default=float("nan"))},
     }
+    summary["median_best_so_far"] = {
+        name: np.median([r["best_so_far"] for r in runs if r["optimizer"] == name], axis=0).tolist()
+        for name in (chosen, baseline)}
+    summary["sweep"] = str(args.sweep.resolve().relative_to(REPO))
     if executor == "slurm":
         gaps = sacct_latency([j for r in runs for j in r["job_ids"]])
         summary["latency_slurm_submit_to_start_s"] = {"median": float(np.median(gaps)), "max": float(np.max(gaps))}
     print(json.dumps(summary, indent=1))
     write_report(args.out, "sweep", summary=summary, efficiency=efficiency, runs=runs)
+    Path(args.out).with_suffix(".svg").write_text(best_so_far_svg(runs, (chosen, baseline), summary["sweep"],
+                                                                  penalty))
+
+
+def best_so_far_svg(runs: list[dict], optimizers: tuple[str, str], title: str, penalty: float) -> str:
+    """Best-so-far against trials: each run a thin line, each optimizer's median over seeds a thick one.
+    Values at the failure penalty (nothing feasible yet) are drawn at the top edge."""
+    width, height, pad = 560, 340, 48
+    feasible = [v for r in runs for v in r["best_so_far"] if v < penalty] or [0.0]
+    low, high = min(feasible), max(feasible)
+    high = low + 1e-9 if high == low else high
+    budget = max(len(r["best_so_far"]) for r in runs)
+
+    def points(values: list[float]) -> str:
+        return " ".join(f"{pad + (width - 2 * pad) * i / max(1, budget - 1):.1f},"
+                        f"{pad + (height - 2 * pad) * (high - min(v, high)) / (high - low):.1f}"
+                        for i, v in enumerate(values))
+
+    colours = dict(zip(optimizers, ("#c0392b", "#2c3e50")))
+    lines = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+             f'font-size="12"><rect width="100%" height="100%" fill="white"/>',
+             f'<text x="{pad}" y="20">best objective so far (lower is better; top edge: none feasible yet): {title}</text>',
+             f'<text x="{width / 2}" y="{height - 10}" text-anchor="middle">trials finished (1..{budget})</text>',
+             f'<text x="6" y="{height - pad}">{low:.4g}</text><text x="6" y="{pad}">{high:.4g}</text>']
+    for run in runs:
+        lines.append(f'<polyline fill="none" stroke="{colours[run["optimizer"]]}" stroke-opacity="0.35" '
+                     f'points="{points(run["best_so_far"])}"/>')
+    for i, name in enumerate(optimizers):
+        median = np.median([r["best_so_far"] for r in runs if r["optimizer"] == name], axis=0).tolist()
+        lines.append(f'<polyline fill="none" stroke="{colours[name]}" stroke-width="3" points="{points(median)}"/>')
+        lines.append(f'<text x="{width - pad - 150}" y="{pad + 16 * i}" fill="{colours[name]}">{name} (median)</text>')
+    return "\n".join(lines + ["</svg>"]) + "\n"
 
 
 if __name__ == "__main__":

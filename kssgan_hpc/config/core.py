@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -13,6 +15,9 @@ import yaml
 from kssgan_hpc.errors import InputError
 
 T = TypeVar("T")
+
+SCENARIO_SECTIONS = ("prep", "siamese", "cluster", "gan", "anonymize", "evaluate", "withdraw", "slurm")
+"""The top-level sections a scenario file may hold (one per stage, and the Slurm resources)."""
 
 
 class ConfigError(InputError):
@@ -77,6 +82,13 @@ def _read_yaml(path: Path, section: str | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of keys to values")
     if section is not None:
+        # A misspelt section would otherwise be skipped and the stage run on its defaults.
+        for name in data:
+            if name not in SCENARIO_SECTIONS:
+                near = difflib.get_close_matches(str(name), SCENARIO_SECTIONS, n=1)
+                raise ConfigError(f"{path}: unknown section '{name}'"
+                                  + (f" (did you mean '{near[0]}'?)" if near else "")
+                                  + f"; a scenario's sections are {', '.join(SCENARIO_SECTIONS)}")
         data = data.get(section, {}) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: section '{section}' must be a mapping")
@@ -152,9 +164,11 @@ def _coerce(hint: Any, value: Any, origin: str, key: str) -> Any:
         return float(value)
     if hint is float and isinstance(value, str):
         try:  # YAML 1.1 reads 1e30 (no dot) as a string
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{origin}: {key}={value} is invalid; use a finite number")
     if hint is bool and not isinstance(value, bool):
         raise ConfigError(f"{origin}: {key} must be true or false, got {value!r}")
     if hint in (int, float) and isinstance(value, bool):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -144,6 +145,8 @@ class SiameseConfig(LoopConfig):
         p, k = self.identities_per_batch, self.images_per_identity
         if p < 2 or k < 2:
             raise ConfigError(f"identities_per_batch={p}, images_per_identity={k}: contrastive pairs need both >= 2")
+        if self.lr <= 0 or self.margin < 0:
+            raise ConfigError(f"lr={self.lr}, margin={self.margin} are invalid; use lr > 0 and margin >= 0")
         self.batch_size = p * k
         super().__post_init__()
 
@@ -254,6 +257,16 @@ class GanConfig(LoopConfig):
         super().__post_init__()
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay={self.ema_decay} is invalid; use 0 <= decay < 1")
+        for name in ("lr_g", "lr_d"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)} is invalid; use a learning rate > 0")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)} is invalid; use 0 <= beta < 1")
+        negative = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
+                    if (f.name.startswith("w_") or f.name == "r1_gamma") and getattr(self, f.name) < 0]
+        if negative:
+            raise ConfigError(f"{', '.join(negative)}: loss weights must be >= 0")
         if self.r1_every < 1 or self.base_size < 1:
             raise ConfigError("r1_every and base_size must be >= 1")
         unknown = sorted(set(self.augment) - set(AUGMENTATIONS))

@@ -74,7 +74,7 @@ class Trial:
     trial: int
     params: dict[str, Any]
     status: str = "asked"
-    """asked (no job yet), running, completed or failed."""
+    """asked (no job yet), running, completed, infeasible (a constraint broken) or failed."""
     asked: float | None = None
     job_id: str | None = None
     submissions: int = 0

@@ -85,3 +85,31 @@ def test_scientific_floats_and_error_origin() -> None:
     assert cfg.engine.initial_loss_scale == 1e30 and cfg.lr_g == 1e-4  # YAML 1.1 reads 1e30 as a string
     with pytest.raises(ConfigError, match=r"^defaults \+ overrides: unknown key 'nope'"):
         load_config(GanConfig, overrides=["steps=2", "nope=1"])
+
+
+@pytest.mark.parametrize("stage, override, fragment", [
+    (GanConfig, "lr_g=.inf", "lr_g=inf is invalid; use a finite number"),
+    (GanConfig, "lr_d=nan", "lr_d=nan is invalid; use a finite number"),
+    (GanConfig, "w_base=.nan", "w_base=nan is invalid"),
+    (GanConfig, "lr_g=-0.001", "lr_g=-0.001 is invalid; use a learning rate > 0"),
+    (GanConfig, "lr_d=0", "lr_d=0.0 is invalid"),
+    (GanConfig, "w_id_pull=-1", "w_id_pull=-1.0: loss weights must be >= 0"),
+    (GanConfig, "beta2=1.0", "beta2=1.0 is invalid"),
+    (SiameseConfig, "lr=-1.0", "lr=-1.0, margin=0.5 are invalid"),
+    (SiameseConfig, "lr=.inf", "lr=inf is invalid; use a finite number"),
+])
+def test_values_that_cannot_train_are_refused(stage: type, override: str, fragment: str) -> None:
+    # Each of these once passed validation: inf trained to exit 0 with every weight non-finite, a
+    # negative learning rate or nan stopped later with a traceback.
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.").replace("+", r"\+")):
+        load_config(stage, overrides=[override])
+
+
+def test_misspelt_section_is_refused_not_skipped(tmp_path: Path) -> None:
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text("siamesee:\n  steps: 5\n  out: elsewhere\n")
+    # Before: the section was ignored and the defaults ran (out runs/demo/siamese, 200 steps).
+    with pytest.raises(ConfigError, match=r"scenario.yaml: unknown section 'siamesee' \(did you mean 'siamese'\?\)"):
+        load_config(SiameseConfig, scenario, section="siamese")
+    scenario.write_text("siamese:\n  steps: 5\nslurm:\n  nodes: 2\n")  # every known section is fine
+    assert load_config(SiameseConfig, scenario, section="siamese").steps == 5
