@@ -212,6 +212,21 @@ def test_bad_arguments_are_one_line(gan_run: Path, demo_data: Path, tmp_path: Pa
     assert not (tmp_path / "report").exists()
 
 
+def test_k_larger_than_a_split_is_one_line_before_any_record(gan_run: Path, demo_data: Path, siamese_run: Path,
+                                                             tmp_path: Path) -> None:
+    # Once a ValueError traceback from deep in the clustering, for both commands.
+    refused(kssgan("cluster", f"data={demo_data}", f"siamese={siamese_run}", "k=50",
+                   f"out={tmp_path / 'c' / 'clusters.json'}"), str(demo_data), "split 'train'", "k=50 needs at least 50")
+    assert not (tmp_path / "c" / "clusters.json").exists()
+    # The demo's val split holds 6 people: k=8 cannot be promised to them.
+    out, ledger = tmp_path / "release", tmp_path / "ledger"
+    refused(kssgan("anonymize", f"gan={gan_run}", f"data={demo_data}", f"out={out}", f"ledger={ledger}", "k=8",
+                   "splits=[train,val]"), str(demo_data), "split 'val'", "k=8 needs at least 8")
+    written = sorted(p.name for p in out.rglob("*") if p.is_file())
+    assert written == [".kssgan-folder.json"], written  # no settings, gate record or cluster file
+    assert not (ledger / "ledger.json").exists()
+
+
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     proc = kssgan("--debug", "inspect", str(tmp_path))
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "no manifest" in proc.stderr

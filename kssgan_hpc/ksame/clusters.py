@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from kssgan_hpc.errors import InputError
+
 METHODS = ("mdav", "kmeans")
 
 
@@ -20,6 +22,10 @@ def check_k(k: object) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
         raise ValueError(f"k={k!r} is invalid; k-anonymity needs an integer k >= 2")
     return int(k)
+
+
+class TooFewPeople(InputError):
+    """Fewer people than k: no cluster could hold k of them (the callers name the data and split)."""
 
 
 def cluster_identities(embeddings: np.ndarray, k: int, *, method: str = "mdav", seed: int = 0,
@@ -35,7 +41,7 @@ def cluster_identities(embeddings: np.ndarray, k: int, *, method: str = "mdav", 
                          "k-Same cannot place them")
     n = len(embeddings)
     if n < k:
-        raise ValueError(f"k={k} needs at least {k} identities, got {n}: no cluster could reach k")
+        raise TooFewPeople(f"k={k} needs at least {k} identities, got {n}: no cluster could reach k")
     if method == "mdav":
         clusters = _mdav(embeddings, k)
     elif method == "kmeans":

@@ -27,7 +27,7 @@ from kssgan_hpc.errors import InputError
 from kssgan_hpc.files import atomic_output, atomic_write_json
 from kssgan_hpc.folders import claim_file
 from kssgan_hpc.ksame.build import KSame, identity_landmarks, identity_statistics, ksame
-from kssgan_hpc.ksame.clusters import check_cluster_members, check_k
+from kssgan_hpc.ksame.clusters import TooFewPeople, check_cluster_members, check_k
 from kssgan_hpc.ksame.duplicates import Duplicates
 from kssgan_hpc.weights import read_weights
 
@@ -98,8 +98,11 @@ def build_clusters(cfg: ClusterConfig) -> dict[str, Any]:
     if (data.resolution, data.channels) != (siamese_cfg.model.resolution, siamese_cfg.model.channels):
         raise InputError(f"{cfg.data} is {data.resolution}px x{data.channels}, the Siamese in {cfg.siamese} "
                          f"expects {siamese_cfg.model.resolution}px x{siamese_cfg.model.channels}")
-    clustering = ksame(identity_statistics(model, data, cfg.batch_size), cfg.k, method=cfg.method, seed=cfg.seed,
-                       duplicates=cfg.duplicates)
+    try:
+        clustering = ksame(identity_statistics(model, data, cfg.batch_size), cfg.k, method=cfg.method,
+                           seed=cfg.seed, duplicates=cfg.duplicates)
+    except TooFewPeople as err:
+        raise TooFewPeople(f"{cfg.data}: split '{cfg.split}': {err} (lower k or use a larger split)") from None
     faces_path = cluster_faces_path(out)
     with atomic_output(faces_path) as tmp:
         save_file({"pixel": torch.from_numpy(clustering.pixel), "aligned": torch.from_numpy(clustering.aligned),

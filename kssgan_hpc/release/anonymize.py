@@ -59,6 +59,7 @@ from kssgan_hpc.errors import InputError
 from kssgan_hpc.files import atomic_write_json, atomic_write_text
 from kssgan_hpc.folders import claim_folder
 from kssgan_hpc.ksame.build import KSame
+from kssgan_hpc.ksame.clusters import TooFewPeople
 from kssgan_hpc.ksame.deidentify import CuePool, cue_pool, deidentify, draw_from_pools
 from kssgan_hpc.release.gate import gate_release, public_record
 from kssgan_hpc.release.ledger import (
@@ -145,7 +146,11 @@ def anonymize(cfg: AnonymizeConfig, progress: bool = True) -> Path:
                 if data.resolution != gan_cfg.model.resolution or data.channels != gan_cfg.model.channels:
                     raise InputError(f"{data_dir}: {data.resolution}px x{data.channels}, the generator in {cfg.gan} "
                                      f"makes {gan_cfg.model.resolution}px x{gan_cfg.model.channels}")
-                plans.append(plan_split(ledger, cfg, siamese, data, names, source_indices(data), device))
+                try:
+                    plans.append(plan_split(ledger, cfg, siamese, data, names, source_indices(data), device))
+                except TooFewPeople as err:  # before any write but the folder's marker
+                    raise TooFewPeople(f"{data_dir}: split '{split}': {err} (lower k or leave the split out: "
+                                       "splits=[...])") from None
             weight_files = {"generator": weights, "siamese": siamese_weights(gan_cfg.siamese)[0]}
             started = private / "settings.json"
             # A resumed release keeps its settings (checked first) and is in the ledger already.
