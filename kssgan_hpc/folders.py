@@ -35,6 +35,12 @@ def folder_kind(path: str | Path) -> str | None:
         raise FolderError(f"{marker}: unreadable folder marker: {err}") from None
 
 
+def check_writable(folder: Path) -> None:
+    """Refuse a folder this process cannot write (a read-only mount, no permission) before any work."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FolderError(f"{folder}: cannot write here (read-only file system or no permission)")
+
+
 def claim_folder(path: str | Path, kind: str) -> Path:
     """Make `path` a `kind` folder, or check that it is one; refuse anything else (FolderError)."""
     if kind not in KINDS:
@@ -44,6 +50,7 @@ def claim_folder(path: str | Path, kind: str) -> Path:
         raise FolderError(f"{path}: is a file; a {kind} output must be a folder")
     found = folder_kind(path) if path.is_dir() else None
     if found == kind:
+        check_writable(path)
         return path
     if found is not None:
         raise FolderError(f"{path}: is a {found} folder; refusing to write {kind} output into it (use another out)")
@@ -54,6 +61,7 @@ def claim_folder(path: str | Path, kind: str) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise FolderError(f"{path}: cannot create the output folder: {err.strerror or err}") from None
+    check_writable(path)
     record = {"kind": kind, "created_by": f"kssgan-hpc {__version__}", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     # Write then link: the marker appears whole, and of two processes claiming at once (array tasks)
     # exactly one creates it; the other finds it and checks the kind.
@@ -88,4 +96,5 @@ def claim_file(path: str | Path, kind: str) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise FolderError(f"{path.parent}: cannot create the output folder: {err.strerror or err}") from None
+    check_writable(path.parent)
     return path

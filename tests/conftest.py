@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -95,3 +96,28 @@ def gan_run(demo_data: Path, siamese_run: Path, clusters: Path) -> Path:
     kssgan("train", "gan", f"data={demo_data}", f"siamese={siamese_run}", f"clusters={clusters}", f"out={out}",
            "steps=4", "batch_size=4", "log_every=2", "image_every=100", *TINY, check=True)
     return out
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path):
+    """mount(name, size="1m", read_only=False) -> a fresh tmpfs folder under tmp_path: a small disk to fill
+    or a read-only file system, as a scheduler's scratch can be. Needs root (CI runs as root); skipped
+    with the reason elsewhere. Unmounted after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mounted: list[Path] = []
+
+    def mount(name: str, size: str = "1m", read_only: bool = False) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in reversed(mounted):
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -227,6 +227,16 @@ def test_k_larger_than_a_split_is_one_line_before_any_record(gan_run: Path, demo
     assert not (ledger / "ledger.json").exists()
 
 
+def test_a_read_only_output_is_one_line_before_any_work(demo_data: Path, siamese_run: Path, tmpfs) -> None:
+    # Once a SafetensorError traceback (EROFS) after the clustering had run.
+    read_only = tmpfs("ro", read_only=True)
+    refused(kssgan("cluster", f"data={demo_data}", f"siamese={siamese_run}", f"out={read_only / 'clusters.json'}"),
+            str(read_only), "cannot write here")
+    refused(kssgan("train", "siamese", f"data={demo_data}", f"out={read_only / 'run'}", "steps=2"),
+            str(read_only / "run"), "Read-only file system")
+    refused(kssgan("prep", "--source", "demo", "--out", str(read_only / "data")), str(read_only / "data"))
+
+
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     proc = kssgan("--debug", "inspect", str(tmp_path))
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "no manifest" in proc.stderr
