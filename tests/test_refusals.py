@@ -184,6 +184,22 @@ def test_cluster_files_and_checkpoints_that_are_wrong(demo_data: Path, siamese_r
             "trainer-rank00000.pt", "not a readable state file")
 
 
+def test_cluster_files_from_two_runs_are_refused_together(demo_data: Path, siamese_run: Path, clusters: Path,
+                                                         tmp_path: Path) -> None:
+    # What `kssgan cluster k=2` killed between its two renames leaves over a finished k=4 output: the
+    # k=4 record beside the k=2 faces. Training once accepted the pair and ran on 2-person templates.
+    two = tmp_path / "two" / "clusters.json"
+    kssgan("cluster", f"data={demo_data}", f"siamese={siamese_run}", f"out={two}", "k=2", check=True)
+    mixed = tmp_path / "mixed" / "clusters.json"
+    mixed.parent.mkdir()
+    shutil.copy(clusters, mixed)
+    shutil.copy(two.with_name("clusters-faces.safetensors"), mixed.with_name("clusters-faces.safetensors"))
+    out = tmp_path / "gan"
+    refused(kssgan("train", "gan", f"data={demo_data}", f"siamese={siamese_run}", f"clusters={mixed}",
+                   f"out={out}", *TINY), "clusters-faces.safetensors", "sha256 differs")
+    assert not out.exists()
+
+
 def test_a_generator_whose_training_data_is_gone_is_refused_before_a_release(gan_run: Path, demo_data: Path,
                                                                              tmp_path: Path) -> None:
     # The gate's third-party check matches every output against G's training people: without them

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from kssgan_hpc.artefacts import load_siamese
 from kssgan_hpc.config.train import ClusterConfig
 from kssgan_hpc.data.dataset import FaceShards
-from kssgan_hpc.data.shards import verify_dataset
+from kssgan_hpc.data.shards import sha256_file, verify_dataset
 from kssgan_hpc.errors import InputError
 from kssgan_hpc.files import atomic_output, atomic_write_json
 from kssgan_hpc.folders import claim_file
@@ -62,12 +62,20 @@ def load_clusters(path: str | Path, k: int | None = None) -> dict[str, Any]:
     return data
 
 
-def load_cluster_faces(path: str | Path) -> dict[str, torch.Tensor]:
-    """The k-anonymous faces beside clusters.json: `pixel` (k-Same-Pixel), `aligned` (k-Same-Aligned
-    templates in the mean frame), uint8 [clusters, C, H, W], and `frame` [5, 2]."""
+def load_cluster_faces(path: str | Path, record: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The k-anonymous faces beside clusters.json (`record`, its contents): `pixel` (k-Same-Pixel),
+    `aligned` (k-Same-Aligned templates in the mean frame), uint8 [clusters, C, H, W], and `frame` [5, 2].
+    The two files are two renames: the record names the faces' sha256, so a pair from two runs (one
+    killed between its renames) is refused, never used together."""
     faces = cluster_faces_path(path)
     if not faces.is_file():
         raise InputError(f"{faces}: the cluster faces are missing (rerun `kssgan cluster`)")
+    expected = record.get("cluster_faces_sha256")
+    if expected is None:
+        raise InputError(f"{path}: names no digest of {faces.name} (written by an older kssgan): rerun `kssgan cluster`")
+    if sha256_file(faces) != expected:
+        raise InputError(f"{faces}: is not the file {path} was written with (sha256 differs: a `kssgan cluster` "
+                         "cut short between its two files?): rerun `kssgan cluster`")
     return read_weights(faces)
 
 
@@ -75,7 +83,7 @@ def ksame_from_file(path: str | Path, data: FaceShards, k: int | None = None) ->
     """The training people's k-Same as `kssgan cluster` wrote it (re-checked on load against `k`, the
     anonymity asked for); `data` is their split (for each person's mean landmarks)."""
     record = load_clusters(path, k)
-    faces = load_cluster_faces(path)
+    faces = load_cluster_faces(path, record)
     ids = np.array(sorted(i for c in record["clusters"] for i in c["identities"]))
     row = {int(i): n for n, i in enumerate(ids)}
     merged = record.get("duplicates", {}).get("merged", [])
@@ -116,6 +124,7 @@ def build_clusters(cfg: ClusterConfig) -> dict[str, Any]:
         "identities": len(clustering.ids),
         "dataset_shards": [s["sha256"] for s in manifest["shards"] if s["split"] == cfg.split],
         "cluster_faces": faces_path.name,
+        "cluster_faces_sha256": sha256_file(faces_path),
         "duplicates": {**dataclasses.asdict(cfg.duplicates), "pairs": clustering.duplicates.pairs,
                        "merged": clustering.duplicates.merged},
         "clusters": [{"cluster": c, "identities": clustering.ids_of(c), "surrogate": clustering.surrogates[c].tolist()}
