@@ -3,13 +3,21 @@
 Every command that writes a folder claims it first (`claim_folder`): a new or empty folder gets a
 marker naming its kind; a folder of the same kind is continued (resume); a folder of another kind,
 or a non-empty folder without a marker, is refused before anything is written.
+
+One writer at a time: under the `kssgan` commands and Slurm jobs (`hold_writer_locks`), a claim also
+takes the folder's writer lock (an `flock`, which the kernel drops when its holder dies, and which
+NFS, Lustre mounted with `flock` and GPFS carry across nodes) for the rest of the process. The
+processes of one run share it by design: the ranks of a torchrun or Slurm step, the tasks of a prep
+job array (`writer_group`); a second run is refused in one line naming the holder.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
+import socket
 import time
 from pathlib import Path
 
@@ -18,6 +26,11 @@ from kssgan_hpc.errors import InputError
 
 KINDS = ("data", "siamese", "gan", "clusters", "release", "report", "sweep", "ledger")
 MARKER = ".kssgan-folder.json"
+WRITER_LOCK = ".kssgan-writer.lock"
+"""flock'ed by every process of the run writing the folder; holds the first one's record (who)."""
+
+_locking = False
+_held: dict[str, int] = {}  # lock file (resolved) -> the descriptor this process holds it by
 
 
 class FolderError(InputError):
@@ -41,8 +54,74 @@ def check_writable(folder: Path) -> None:
         raise FolderError(f"{folder}: cannot write here (read-only file system or no permission)")
 
 
-def claim_folder(path: str | Path, kind: str) -> Path:
-    """Make `path` a `kind` folder, or check that it is one; refuse anything else (FolderError)."""
+def hold_writer_locks() -> None:
+    """From now on every claim in this process also takes its output's writer lock (the CLI and the
+    Slurm jobs call this; library callers such as tests and notebooks are not locked out by it)."""
+    global _locking
+    _locking = True
+
+
+def writer_group() -> str:
+    """Which processes write one output together: an explicit KSSGAN_WRITER_GROUP, the tasks of one
+    Slurm job array, the ranks of one torch.distributed run (its rendezvous), the tasks of one Slurm
+    step; otherwise this process alone."""
+    env = os.environ
+    if env.get("KSSGAN_WRITER_GROUP"):
+        return env["KSSGAN_WRITER_GROUP"]
+    if env.get("SLURM_ARRAY_JOB_ID"):
+        return f"slurm-array-{env['SLURM_ARRAY_JOB_ID']}"
+    if env.get("MASTER_ADDR") and env.get("MASTER_PORT") and env.get("WORLD_SIZE"):
+        return f"ranks-{env['MASTER_ADDR']}:{env['MASTER_PORT']}-{env.get('TORCHELASTIC_RUN_ID', '')}"
+    if env.get("SLURM_JOB_ID") and env.get("SLURM_STEP_ID"):
+        return f"slurm-step-{env['SLURM_JOB_ID']}.{env['SLURM_STEP_ID']}"
+    return f"process-{socket.gethostname()}-{os.getpid()}"
+
+
+def take_writer_lock(lock: Path, output: Path) -> None:
+    """Hold `lock` for `output` for the rest of this process, shared with its writer group; refuse
+    (FolderError) while another group holds it. A no-op unless hold_writer_locks() was called."""
+    key = str(lock.resolve())
+    if not _locking or key in _held:
+        return
+    group = writer_group()
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        # Exclusive only to check and record: then shared, so the rest of the group can join.
+        # Joiners and newcomers both come through this exclusive step, one at a time.
+        with open(lock.with_name(lock.name + ".gate"), "a") as gate:
+            fcntl.flock(gate.fileno(), fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                if holder.get("group") != group:
+                    raise FolderError(
+                        f"{output}: another kssgan is writing it (pid {holder.get('pid', '?')} on "
+                        f"{holder.get('host', '?')} since {holder.get('since', '?')}); wait for it to end or use "
+                        "another output") from None
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            else:
+                record = {"group": group, "host": socket.gethostname(), "pid": os.getpid(),
+                          "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+                fcntl.flock(fd, fcntl.LOCK_SH)
+    except BaseException:
+        os.close(fd)
+        raise
+    _held[key] = fd
+
+
+def _holder(fd: int) -> dict:
+    try:
+        return json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except ValueError:
+        return {}
+
+
+def claim_folder(path: str | Path, kind: str, lock: bool = True) -> Path:
+    """Make `path` a `kind` folder, or check that it is one; refuse anything else (FolderError). With
+    `lock`, also take its writer lock (see the module's docstring)."""
     if kind not in KINDS:
         raise ValueError(f"unknown folder kind {kind!r}")
     path = Path(path)
@@ -51,6 +130,8 @@ def claim_folder(path: str | Path, kind: str) -> Path:
     found = folder_kind(path) if path.is_dir() else None
     if found == kind:
         check_writable(path)
+        if lock:
+            take_writer_lock(path / WRITER_LOCK, path)
         return path
     if found is not None:
         raise FolderError(f"{path}: is a {found} folder; refusing to write {kind} output into it (use another out)")
@@ -71,8 +152,10 @@ def claim_folder(path: str | Path, kind: str) -> Path:
         os.link(tmp, path / MARKER)
     except FileExistsError:
         tmp.unlink()
-        return claim_folder(path, kind)
+        return claim_folder(path, kind, lock)
     tmp.unlink()
+    if lock:
+        take_writer_lock(path / WRITER_LOCK, path)
     return path
 
 
@@ -97,4 +180,5 @@ def claim_file(path: str | Path, kind: str) -> Path:
     except OSError as err:
         raise FolderError(f"{path.parent}: cannot create the output folder: {err.strerror or err}") from None
     check_writable(path.parent)
+    take_writer_lock(path.with_name(f".{path.name}.writer.lock"), path)
     return path

@@ -67,6 +67,17 @@ def kssgan(*args: str, timeout: float = 300, check: bool = False) -> subprocess.
 
 
 
+def refused(proc, *fragments: str, code: int = 2) -> None:
+    """Exit `code`, one line on stderr naming every fragment, no traceback."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warning" not in line]
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    error = [line for line in lines if ": error: " in line]
+    assert len(error) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in error[0], (fragment, error[0])
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL a launcher and every process under it at once (torchrun starts its ranks in sessions of
     their own, so killing its process group leaves them running)."""

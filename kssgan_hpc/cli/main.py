@@ -20,6 +20,7 @@ from kssgan_hpc.cli import (
     withdraw,
 )
 from kssgan_hpc.errors import EXIT_BAD_INPUT, EXIT_FAILED, KssganError
+from kssgan_hpc.folders import hold_writer_locks
 
 STAGES = {"prep": prep, "inspect": inspect, "train": train, "cluster": cluster, "anonymize": anonymize,
           "evaluate": evaluate, "pipeline": pipeline, "submit": submit, "sweep": sweep,
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    hold_writer_locks()  # one writer per output folder (the processes of one run share it)
     if args.debug:
         return args.run(args)
     # The one error boundary: the project's exceptions and failed file access become one line naming

@@ -178,10 +178,12 @@ class TrainTask(submitit.helpers.Checkpointable):
 
             torch.set_num_threads(self.threads)
         from kssgan_hpc.distributed import apply_distributed_env
+        from kssgan_hpc.folders import hold_writer_locks
         from kssgan_hpc.train.run import EXIT_PREEMPTED, TrainingStopped
         from kssgan_hpc.train.stages import train_stage
 
         apply_distributed_env()
+        hold_writer_locks()  # as under the CLI: one run writes its folder
         cfg = from_dict(TRAIN_STAGES[self.stage], self.config, f"{self.stage} job config")
         requeue_signal = submitit.JobEnvironment._usr_sig()
         requeue = signal.getsignal(requeue_signal)  # submitit's handler, before the run replaces it

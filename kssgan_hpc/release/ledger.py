@@ -67,7 +67,7 @@ def ledger_folder(cfg: AnonymizeConfig | WithdrawConfig) -> Path:
 
 def ledger_lock(folder: Path, what: str) -> Any:
     """The ledger's lock: one release or withdrawal at a time reads, checks and extends it."""
-    claim_folder(folder, "ledger")
+    claim_folder(folder, "ledger", lock=False)  # its own lock, held from check to record
     return exclusive_lock(folder / LOCK_NAME, what)
 
 

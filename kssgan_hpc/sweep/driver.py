@@ -166,6 +166,7 @@ class Sweep:
         if resume:
             if not self.has_state():
                 raise SweepStateError(f"{self.out}: no sweep state to resume (start without --resume)")
+            claim_folder(self.out, "sweep")  # its writer lock: one driver at a time
             saved = json.loads((self.out / "sweep.json").read_text())["config"]
             if saved != to_dict(self.cfg):
                 raise ConfigError(f"{self.out}: the sweep was started with another configuration; resume with "
