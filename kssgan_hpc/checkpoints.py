@@ -30,10 +30,12 @@ from typing import Any, Protocol
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from kssgan_hpc.config import dump_yaml, from_dict
 from kssgan_hpc.distributed import barrier
+from kssgan_hpc.errors import RunFailure
 from kssgan_hpc.files import atomic_output, atomic_write_json, atomic_write_text
 from kssgan_hpc.weights import CheckpointError, read_state, read_weights
 
@@ -118,11 +120,20 @@ def save_selected_generator(run_dir: str | Path, state: dict[str, torch.Tensor],
 
 
 def append_selection(run_dir: str | Path, record: dict[str, Any]) -> None:
-    """One line of selection.jsonl: the gate's measurement of one checkpoint."""
+    """One line of selection.jsonl: the gate's measurement of one checkpoint. Lines of this step or later
+    (written by a run that stopped after them and is measuring them again) are replaced, not repeated."""
     folder = Path(run_dir) / SELECTED
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "selection.jsonl", "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    path = folder / "selection.jsonl"
+    lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
+
+    def before(line: str) -> bool:
+        try:
+            return json.loads(line)["step"] < record["step"]
+        except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+            return False
+
+    atomic_write_text(path, "".join(line for line in lines if before(line)) + json.dumps(record) + "\n")
 
 
 class Checkpointable(Protocol):
@@ -172,16 +183,27 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         barrier()
-        engine.save(tmp)
-        if engine.is_main:
-            for name, state in (extra or {}).items():
-                save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, extra_file(tmp, name))
-            atomic_write_text(tmp / CONFIG, dump_yaml(config))
         trainer = {"step": step, "sampler": sampler, "torch_rng": torch.get_rng_state(),
                    "python_rng": random.getstate()}
         if torch.cuda.is_available():
             trainer["cuda_rng"] = torch.cuda.get_rng_state()
-        torch.save(trainer, trainer_file(tmp, engine.rank))
+        try:
+            engine.save(tmp)
+            if engine.is_main:
+                for name, state in (extra or {}).items():
+                    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, extra_file(tmp, name))
+                atomic_write_text(tmp / CONFIG, dump_yaml(config))
+            torch.save(trainer, trainer_file(tmp, engine.rank))
+        except (OSError, RuntimeError, SafetensorError) as err:
+            # A full disk surfaces as ENOSPC, as torch's "unexpected pos" or as a SafetensorError, none
+            # naming the file: say where, and leave no half checkpoint (the last complete one stays).
+            shutil.rmtree(tmp, ignore_errors=True)
+            free = shutil.disk_usage(self.folder).free / 2**20
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+            kept = self.latest()
+            raise RunFailure(f"{final}: the checkpoint could not be written ({reason}; {free:.1f} MiB free on its "
+                             "disk); " + (f"{kept.name} is kept as the last complete one" if kept else
+                                          "no checkpoint is complete yet") + ": free space and run again") from None
         barrier()
         if engine.is_main:
             (tmp / COMPLETE).write_text(f"{step}\n")

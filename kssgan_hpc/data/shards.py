@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from kssgan_hpc.errors import InputError
+from kssgan_hpc.errors import InputError, RunFailure
 from kssgan_hpc.files import fsync_file, temp_path
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,15 @@ RELEASE_FIELDS = {name: spec for name, spec in LABEL_FIELDS.items() if name not 
 
 class ShardError(InputError):
     """A shard or manifest is missing, truncated, altered or of another format; names the file."""
+
+
+class NoSpace(RunFailure):
+    """Too little free space for a shard: refused before HDF5 writes (HDF5 crashes the process, rc 139,
+    when the disk fills under it)."""
+
+
+SHARD_OVERHEAD = 1 << 20
+"""Bytes beyond the images a shard may need (labels, HDF5 metadata): a generous bound."""
 
 
 def shard_name(split: str, index: int) -> str:
@@ -114,6 +124,11 @@ class ShardWriter:
         self.shape = (resolution, resolution, channels)
         self.num_attributes = num_attributes
         self.fields = RELEASE_FIELDS if release else LABEL_FIELDS
+        need = max(expected, 1) * (int(np.prod(self.shape)) + 64 + num_attributes) + SHARD_OVERHEAD
+        free = shutil.disk_usage(self.path.parent).free
+        if free < need:  # the upper bound (uncompressed): the shard fits whatever its compression
+            raise NoSpace(f"{self.path.parent}: {free / 2**20:.1f} MiB free, shard {self.path.name} needs up to "
+                          f"{need / 2**20:.1f} MiB; free space and run again (finished shards are kept)")
         self._file = h5py.File(self.tmp, "w")
         self._file.attrs.update(
             format_version=FORMAT_VERSION, resolution=resolution, channels=channels,

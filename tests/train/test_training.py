@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from kssgan_hpc.artefacts import generator_weights, load_siamese
-from kssgan_hpc.checkpoints import SELECTED
+from kssgan_hpc.checkpoints import SELECTED, append_selection
 from kssgan_hpc.config import load_config
 from kssgan_hpc.config.train import GanConfig, ModelConfig
 from kssgan_hpc.train.selection import CheckpointSelector
@@ -129,6 +129,16 @@ def test_selection_ships_the_most_real_passing_checkpoint_not_the_newest(demo_da
     assert json.loads((tmp_path / SELECTED / "selected.json").read_text())["step"] == 10
     assert load_file(tmp_path / SELECTED / "ema_g.safetensors")["amount"].item() == pytest.approx(0.05)
     assert {"realism/kid", "realism/fine", "gate/third_party_excess"} <= set(log.scalars[20])
+
+
+def test_a_resumed_run_measuring_a_step_again_replaces_its_selection_line(tmp_path: Path) -> None:
+    # A run that stopped after measuring step 20 (but before its next checkpoint) measures 20 again on
+    # resume: selection.jsonl once held both lines.
+    for step, kid in ((10, 0.3), (20, 0.2), (20, 0.25), (30, 0.1)):
+        append_selection(tmp_path, {"step": step, "kid": kid})
+    path = tmp_path / SELECTED / "selection.jsonl"
+    assert [(r["step"], r["kid"]) for r in map(json.loads, path.read_text().splitlines())] == [
+        (10, 0.3), (20, 0.25), (30, 0.1)]
 
 
 def test_resume_equals_uninterrupted(gan_args: list[str], tmp_path: Path) -> None:
