@@ -71,6 +71,11 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         yield tmp
         fsync_file(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename:
+            raise
+        # A write's ENOSPC names no file: name the one being written (the CLI's one line shows it).
+        raise OSError(err.errno, err.strerror, str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
 

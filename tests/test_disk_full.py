@@ -3,9 +3,13 @@ there is space finishes as an uninterrupted run would. On a small tmpfs (root, a
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from helpers import TINY, kssgan, metrics, refused
 
@@ -51,3 +55,27 @@ def test_training_on_a_full_disk_fails_in_one_line_and_reruns(demo_data: Path, t
                 for m in metrics(folder)]
 
     assert losses(run) == losses(reference)
+
+
+def test_an_atomic_write_on_a_full_disk_names_its_file_and_keeps_the_old_one(tmpfs) -> None:
+    # Every record, state file and image (the report's contact sheet included) is written through
+    # files.atomic_output: a full disk must leave the previous version whole and say which file failed.
+    from PIL import Image
+
+    from kssgan_hpc.files import atomic_output, atomic_write_json
+
+    disk = tmpfs("disk", size="64k")
+    report, sheet = disk / "report.json", disk / "contact_sheet.png"
+    atomic_write_json(report, {"old": True})
+    Image.new("RGB", (8, 8), "white").save(sheet)
+    old_sheet = sheet.read_bytes()
+    noise = Image.frombytes("RGB", (256, 256), os.urandom(256 * 256 * 3))  # ~200 kB as PNG: does not fit
+    with pytest.raises(OSError) as err:
+        with atomic_output(sheet) as tmp:
+            noise.save(tmp)
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(sheet)
+    with pytest.raises(OSError) as err:
+        atomic_write_json(report, {"new": "x" * 100_000})
+    assert err.value.filename == str(report)
+    assert json.loads(report.read_text()) == {"old": True} and sheet.read_bytes() == old_sheet
+    assert sorted(p.name for p in disk.iterdir()) == ["contact_sheet.png", "report.json"]  # no temp left
