@@ -186,11 +186,11 @@ def main() -> None:
         summary["latency_slurm_submit_to_start_s"] = {"median": float(np.median(gaps)), "max": float(np.max(gaps))}
     print(json.dumps(summary, indent=1))
     write_report(args.out, "sweep", summary=summary, efficiency=efficiency, runs=runs)
-    Path(args.out).with_suffix(".svg").write_text(best_so_far_svg(runs, (chosen, baseline), summary["sweep"],
+    Path(args.out).with_suffix(".svg").write_text(best_so_far_svg(runs, summary["median_best_so_far"], summary["sweep"],
                                                                   penalty))
 
 
-def best_so_far_svg(runs: list[dict], optimizers: tuple[str, str], title: str, penalty: float) -> str:
+def best_so_far_svg(runs: list[dict], medians: dict[str, list[float]], title: str, penalty: float) -> str:
     """Best-so-far against trials: each run a thin line, each optimizer's median over seeds a thick one.
     Values at the failure penalty (nothing feasible yet) are drawn at the top edge."""
     width, height, pad = 560, 340, 48
@@ -204,7 +204,7 @@ def best_so_far_svg(runs: list[dict], optimizers: tuple[str, str], title: str, p
                         f"{pad + (height - 2 * pad) * (high - min(v, high)) / (high - low):.1f}"
                         for i, v in enumerate(values))
 
-    colours = dict(zip(optimizers, ("#c0392b", "#2c3e50")))
+    colours = dict(zip(medians, ("#c0392b", "#2c3e50")))
     lines = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
              f'font-size="12"><rect width="100%" height="100%" fill="white"/>',
              f'<text x="{pad}" y="20">best objective so far (lower is better; top edge: none feasible yet): {title}</text>',
@@ -213,8 +213,7 @@ def best_so_far_svg(runs: list[dict], optimizers: tuple[str, str], title: str, p
     for run in runs:
         lines.append(f'<polyline fill="none" stroke="{colours[run["optimizer"]]}" stroke-opacity="0.35" '
                      f'points="{points(run["best_so_far"])}"/>')
-    for i, name in enumerate(optimizers):
-        median = np.median([r["best_so_far"] for r in runs if r["optimizer"] == name], axis=0).tolist()
+    for i, (name, median) in enumerate(medians.items()):
         lines.append(f'<polyline fill="none" stroke="{colours[name]}" stroke-width="3" points="{points(median)}"/>')
         lines.append(f'<text x="{width - pad - 150}" y="{pad + 16 * i}" fill="{colours[name]}">{name} (median)</text>')
     return "\n".join(lines + ["</svg>"]) + "\n"

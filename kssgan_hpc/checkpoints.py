@@ -119,6 +119,15 @@ def save_selected_generator(run_dir: str | Path, state: dict[str, torch.Tensor],
     atomic_write_json(folder / "selected.json", record)
 
 
+def logged_step(line: str) -> float:
+    """The step of one metrics.jsonl / selection.jsonl line; a line cut short by a kill counts as after
+    every step."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 def append_selection(run_dir: str | Path, record: dict[str, Any]) -> None:
     """One line of selection.jsonl: the gate's measurement of one checkpoint. Lines of this step or later
     (written by a run that stopped after them and is measuring them again) are replaced, not repeated."""
@@ -126,14 +135,8 @@ def append_selection(run_dir: str | Path, record: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "selection.jsonl"
     lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
-
-    def before(line: str) -> bool:
-        try:
-            return json.loads(line)["step"] < record["step"]
-        except (ValueError, KeyError, TypeError):  # a line cut short by a kill
-            return False
-
-    atomic_write_text(path, "".join(line for line in lines if before(line)) + json.dumps(record) + "\n")
+    kept = "".join(line for line in lines if logged_step(line) < record["step"])
+    atomic_write_text(path, kept + json.dumps(record) + "\n")
 
 
 class Checkpointable(Protocol):

@@ -129,10 +129,7 @@ def claim_folder(path: str | Path, kind: str, lock: bool = True) -> Path:
         raise FolderError(f"{path}: is a file; a {kind} output must be a folder")
     found = folder_kind(path) if path.is_dir() else None
     if found == kind:
-        check_writable(path)
-        if lock:
-            take_writer_lock(path / WRITER_LOCK, path)
-        return path
+        return _claimed(path, lock)
     if found is not None:
         raise FolderError(f"{path}: is a {found} folder; refusing to write {kind} output into it (use another out)")
     if path.is_dir() and any(path.iterdir()):
@@ -154,6 +151,12 @@ def claim_folder(path: str | Path, kind: str, lock: bool = True) -> Path:
         tmp.unlink()
         return claim_folder(path, kind, lock)
     tmp.unlink()
+    return _claimed(path, lock)
+
+
+def _claimed(path: Path, lock: bool) -> Path:
+    """A folder of our kind: writable, and (with `lock`) ours to write until this process ends."""
+    check_writable(path)
     if lock:
         take_writer_lock(path / WRITER_LOCK, path)
     return path

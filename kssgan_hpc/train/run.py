@@ -26,7 +26,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from kssgan_hpc import testhooks
-from kssgan_hpc.checkpoints import CheckpointManager, Resumed
+from kssgan_hpc.checkpoints import CheckpointManager, Resumed, logged_step
 from kssgan_hpc.config import dump_yaml
 from kssgan_hpc.config.core import ConfigError
 from kssgan_hpc.config.train import LoopConfig, ModelConfig
@@ -278,7 +278,7 @@ class Run:
         metrics = self.out / "metrics.jsonl"
         if metrics.is_file():
             lines = metrics.read_text().splitlines(keepends=True)
-            kept = [line for line in lines if _logged_step(line) <= step]
+            kept = [line for line in lines if logged_step(line) <= step]
             if len(kept) < len(lines):
                 atomic_write_text(metrics, "".join(kept))
                 log.info("metrics: dropped %d line(s) logged after step %d; those steps run again",
@@ -304,12 +304,3 @@ def _read_hashed(path: Path) -> dict[str, Any]:
         log.warning("%s: unreadable (%s); hashing every shard", path, err)
         return {}
     return hashed if isinstance(hashed, dict) else {}
-
-
-def _logged_step(line: str) -> float:
-    """The step of one metrics.jsonl line; a line cut short by a kill counts as after every step."""
-    try:
-        return float(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return float("inf")
-
