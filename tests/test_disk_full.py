@@ -6,12 +6,15 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from helpers import TINY, kssgan, metrics, refused
+from helpers import OPEN_GATE, TINY, kssgan, metrics, refused
+
+from kssgan_hpc.folders import MARKER
 
 PREP = ["--source", "demo", "--resolution", "64", "--no-progress", "images_per_shard=100", "workers=1"]
 
@@ -79,3 +82,67 @@ def test_an_atomic_write_on_a_full_disk_names_its_file_and_keeps_the_old_one(tmp
     assert err.value.filename == str(report)
     assert json.loads(report.read_text()) == {"old": True} and sheet.read_bytes() == old_sheet
     assert sorted(p.name for p in disk.iterdir()) == ["contact_sheet.png", "report.json"]  # no temp left
+
+
+def test_anonymize_on_a_full_disk_fails_in_one_line_and_reruns(demo_data: Path, gan_run: Path, tmp_path: Path,
+                                                              tmpfs) -> None:
+    args = [f"gan={gan_run}", f"data={demo_data}", "splits=[train,test]", "k=4", "png=true", "images_per_shard=100",
+            *OPEN_GATE, "--no-progress"]
+    reference = tmp_path / "reference"
+    kssgan("anonymize", *args, f"out={reference}", f"ledger={tmp_path / 'ledger'}", check=True)
+    # The same release (its secret seed) into a disk with room for its records and a shard or two: anonymize
+    # once printed its error line and then segfaulted inside HDF5 (rc 139).
+    disk = tmpfs("disk", size="700k")
+    out = disk / "out"
+    (out / "private").mkdir(parents=True)
+    for name in (MARKER, "private/settings.json"):
+        shutil.copy(reference / name, out / name)
+    rerun = ["anonymize", *args, f"out={out}", f"ledger={tmp_path / 'ledger'}"]
+    proc = kssgan(*rerun)
+    refused(proc, str(out / "release"), "free space and run again", code=1)
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name], list(out.rglob("*"))
+    assert not (out / "release" / "manifest.json").exists()
+    subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+    kssgan(*rerun, check=True)
+    for name in ("manifest.json", *(p.name for p in (reference / "release").glob("*.h5"))):
+        assert (out / "release" / name).read_bytes() == (reference / "release" / name).read_bytes(), name
+    pngs = sorted(p.relative_to(reference) for p in (reference / "release" / "png").rglob("*.png"))
+    assert pngs == sorted(p.relative_to(out) for p in (out / "release" / "png").rglob("*.png"))
+    assert all((out / p).read_bytes() == (reference / p).read_bytes() for p in pngs)
+
+
+def test_the_sweep_state_on_a_full_disk_keeps_the_last_one_and_resumes(sweep_file, tmpfs) -> None:
+    # The driver's state (the optimizer pickle and trials.jsonl naming it) is rewritten at every ask and
+    # tell: a full disk once left `.optimizer-*.pkl.tmp-*` behind.
+    from kssgan_hpc.config import load_config
+    from kssgan_hpc.config.sweep import SweepConfig
+    from kssgan_hpc.sweep.driver import Sweep, Trial, plain
+
+    disk = tmpfs("disk", size="512k")
+    path = sweep_file(out=str(disk / "sweep"), budget=2, num_workers=1)
+    sweep = Sweep(load_config(SweepConfig, path))
+    sweep._open(resume=False)
+
+    def ask() -> None:
+        candidate = sweep.optimizer.ask()
+        sweep.trials.append(Trial(trial=len(sweep.trials), params=plain(candidate.value), asked=0.0))
+        sweep.pending[len(sweep.trials) - 1] = candidate
+        sweep.save()
+
+    ask()
+    state = sorted(p.name for p in disk.rglob("*"))
+    trials = (disk / "sweep" / "trials.jsonl").read_bytes()
+    filler = disk / "filler"
+    with pytest.raises(OSError), open(filler, "wb") as fh:
+        while True:
+            fh.write(b"\0" * 4096)
+            fh.flush()
+    with pytest.raises(OSError) as err:
+        ask()
+    assert err.value.errno == errno.ENOSPC and Path(err.value.filename).parent == disk / "sweep" / "state"
+    filler.unlink()
+    assert sorted(p.name for p in disk.rglob("*")) == state  # no temp file left, the last state whole
+    assert (disk / "sweep" / "trials.jsonl").read_bytes() == trials
+    resumed = Sweep(load_config(SweepConfig, path))
+    resumed._open(resume=True)
+    assert [t.params for t in resumed.trials] == [sweep.trials[0].params] and list(resumed.pending) == [0]

@@ -56,7 +56,7 @@ from kssgan_hpc.data.shards import (
 )
 from kssgan_hpc.distributed import barrier, join_process_group
 from kssgan_hpc.errors import InputError
-from kssgan_hpc.files import atomic_write_json, atomic_write_text
+from kssgan_hpc.files import atomic_output, atomic_write_json, atomic_write_text
 from kssgan_hpc.folders import claim_folder
 from kssgan_hpc.ksame.build import KSame
 from kssgan_hpc.ksame.clusters import TooFewPeople
@@ -253,9 +253,9 @@ def _write_shard(cfg: AnonymizeConfig, data: FaceShards, indices: np.ndarray, in
                 writer.add(np.ascontiguousarray(image), identity=int(offset + clusters[j]),
                            expression=int(shown.labels["expression"][row]), pose=int(shown.labels["pose"][row]),
                            gaze=int(shown.labels["gaze"][row]), attributes=shown.labels["attributes"][row])
-                if cfg.png:
-                    Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(
-                        png_dir / f"{first_id + start + j:07d}.png")
+                if cfg.png:  # whole or absent, as every file of a release
+                    with atomic_output(png_dir / f"{first_id + start + j:07d}.png") as tmp:
+                        Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(tmp)
         info = writer.close()
     # Which source each released image stands for, and whose cues it shows: the source (null: that person
     # withdrew) and the entry of its cluster's pool in the ledger (for audits and withdrawals).

@@ -201,9 +201,15 @@ class Sweep:
         digest = hashlib.sha256(data).hexdigest()
         name = f"optimizer-{digest[:16]}.pkl"
         state = self.out / "state"
+        known = (state / name).exists()  # the same state as saved before (nothing asked or told since)
         atomic_write_bytes(state / name, data, mode=0o600)  # only the owner may read what gets unpickled
         lines = [json.dumps(asdict(t)) for t in self.trials] + [json.dumps({"optimizer_state": name, "sha256": digest})]
-        atomic_write_text(self.out / "trials.jsonl", "\n".join(lines) + "\n")
+        try:
+            atomic_write_text(self.out / "trials.jsonl", "\n".join(lines) + "\n")
+        except OSError:
+            if not known:  # a full disk: trials.jsonl still names the previous pickle, keep only that one
+                (state / name).unlink(missing_ok=True)
+            raise
         for old in state.glob("optimizer-*.pkl"):  # trials.jsonl names the new one now
             if old.name != name:
                 old.unlink(missing_ok=True)

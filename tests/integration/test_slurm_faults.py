@@ -119,3 +119,30 @@ def test_a_node_dies_and_the_run_comes_back_with_nothing_lost_or_repeated(demo_d
 
     # No process of any job is left on either node.
     assert not [pid for job in jobs.values() for pid in job_processes(job)]
+
+
+@pytest.mark.parametrize("template", ["train.sbatch", "train_tasks.sbatch"])
+def test_a_segfault_ends_the_job_and_a_failure_is_rerun(template: str, tmp_path: Path) -> None:
+    """A step that segfaults (rc 139: HDF5 once did on a full disk) would crash the same way again: the
+    template ends the job. A step that failed otherwise (exit 1) runs again, MAX_RESTARTS times. The
+    training command is a stand-in that records each start and then fails."""
+    jobs = {}
+    for how in ("segfault", "exit 1"):
+        venv = tmp_path / how.replace(" ", "-")
+        (venv / "bin").mkdir(parents=True)
+        fail = "kill -SEGV $$" if how == "segfault" else "exit 1"
+        for command in ("kssgan", "torchrun"):
+            script = venv / "bin" / command
+            script.write_text(f"#!/usr/bin/env bash\necho start >> {venv}/starts\n{fail}\n")
+            script.chmod(0o755)
+        env = {**os.environ, "STAGE": "siamese", "VENV": str(venv), "TRAIN_ARGS": "data=x", "MAX_RESTARTS": "2"}
+        jobs[how] = subprocess.run(["sbatch", "--parsable", f"--chdir={REPO}", "--nodes=1", "--ntasks-per-node=1",
+                                    "--cpus-per-task=1", "--time=15", f"--output={venv}/job.out", f"slurm/{template}"],
+                                   env=env, cwd=REPO, capture_output=True, text=True, timeout=60,
+                                   check=True).stdout.strip().split(";")[0]
+    wait_out_of_queue(list(jobs.values()), timeout=300)
+    segfault, failed = tmp_path / "segfault", tmp_path / "exit-1"
+    assert (segfault / "starts").read_text().count("start") == 1, (segfault / "job.out").read_text()
+    assert "crashed (exit 139, a segmentation fault); not restarting" in (segfault / "job.out").read_text()
+    assert (failed / "starts").read_text().count("start") == 3, (failed / "job.out").read_text()
+    assert "no restart left (MAX_RESTARTS=2)" in (failed / "job.out").read_text()
