@@ -28,8 +28,27 @@ def yunet_model_path() -> Path:
     return path
 
 
+@dataclass
+class Detection:
+    """One face found in an image, in that image's pixels."""
+
+    box: np.ndarray
+    """[4] x, y, width, height."""
+    landmarks: np.ndarray
+    """[5, 2] eye L, eye R, nose, mouth L, mouth R (image left first)."""
+    score: float
+
+    @property
+    def center(self) -> np.ndarray:
+        return self.box[:2] + self.box[2:] / 2
+
+
 class FaceDetector:
-    """YuNet on CPU: the most confident face's five landmarks (eye L, eye R, nose, mouth L, mouth R)."""
+    """YuNet on CPU: the most confident face's five landmarks (eye L, eye R, nose, mouth L, mouth R), or
+    every face of a photo (`detect`, several scales)."""
+
+    MAX_SIDE = 4096
+    """No scale of `detect` runs YuNet on more than this many pixels a side (memory and time)."""
 
     def __init__(self, score_threshold: float = 0.6, min_side: int = 256) -> None:
         cv2.setNumThreads(1)
@@ -37,20 +56,49 @@ class FaceDetector:
         self.min_side = min_side
         self._net = cv2.FaceDetectorYN.create(str(yunet_model_path()), "", (320, 320), score_threshold, 0.3, 50)
 
-    def landmarks(self, rgb: np.ndarray) -> np.ndarray:
+    def _run(self, rgb: np.ndarray, scale: float) -> list[Detection]:
         height, width = rgb.shape[:2]
-        scale = max(1.0, self.min_side / min(height, width))
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
-        if scale > 1.0:
-            size = (round(width * scale), round(height * scale))
-            bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_CUBIC)
+        if scale != 1.0:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
         self._net.setInputSize((bgr.shape[1], bgr.shape[0]))
         _, faces = self._net.detect(bgr)
-        if faces is None or len(faces) == 0:
+        # YuNet: box, right eye, left eye (of the subject, i.e. image left first), nose, mouth corners, score.
+        return [Detection(box=(f[:4] / scale).astype(np.float64), landmarks=(f[4:14].reshape(5, 2) / scale)
+                          .astype(np.float64), score=float(f[14])) for f in (() if faces is None else faces)]
+
+    def landmarks(self, rgb: np.ndarray) -> np.ndarray:
+        height, width = rgb.shape[:2]
+        faces = self._run(rgb, max(1.0, self.min_side / min(height, width)))
+        if not faces:
             raise SkipImage(f"no face found (YuNet score < {self.score_threshold})")
-        best = faces[np.argmax(faces[:, 14])]
-        # YuNet: right eye, left eye (of the subject, i.e. image left first), nose, mouth corners.
-        return (best[4:14].reshape(5, 2) / scale).astype(np.float64)
+        return max(faces, key=lambda f: f.score).landmarks
+
+    def detect(self, rgb: np.ndarray, upscales: tuple[float, ...] = (1.0, 2.0)) -> list[Detection]:
+        """Every face above the threshold, the image run at its base scale (short side >= min_side) and
+        at `upscales` of it (YuNet misses faces under ~10 px at its input), overlaps merged (best kept)."""
+        height, width = rgb.shape[:2]
+        base = max(1.0, self.min_side / min(height, width))
+        found: list[Detection] = []
+        for factor in upscales:
+            scale = min(base * factor, self.MAX_SIDE / max(height, width))
+            if factor == upscales[0] or scale > base * 1.01:
+                found += self._run(rgb, scale)
+        kept: list[Detection] = []
+        for face in sorted(found, key=lambda f: -f.score):
+            if all(box_iou(face.box, other.box) < 0.3 for other in kept):
+                kept.append(face)
+        return kept
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two [x, y, w, h] boxes."""
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
 
 
 def ffhq_quad(landmarks: np.ndarray, crop_scale: float = 1.0) -> np.ndarray:

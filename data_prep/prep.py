@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from data_prep.align import FaceDetector, align_face
 from data_prep.decode import SkipImage, decode_image
+from data_prep.faces import expand_faces
 from data_prep.sources import SourceListing, list_source
 from kssgan_hpc import __version__
 from kssgan_hpc.config import PrepConfig, to_dict
@@ -152,14 +153,14 @@ def make_plan(cfg: PrepConfig, listing: SourceListing, workers: int, progress: b
     paths = [listing.root / records[i].path for i in todo]
     sha256: list[str | None] = [None] * len(records)
     hashed = _map(_hash_file, paths, workers, chunksize=32)
-    seen: dict[str, int] = {}
+    seen: dict[tuple[str | None, int | None], int] = {}
     for i, (digest, problem) in zip(todo, tqdm(hashed, total=len(todo), desc="hash inputs", disable=not progress)):
         if problem:
             skipped[i] = problem
-        elif digest in seen:
-            skipped[i] = f"duplicate content of source #{seen[digest]}"
+        elif (digest, records[i].face) in seen:  # one photo's faces share its digest
+            skipped[i] = f"duplicate content of source #{seen[digest, records[i].face]}"
         else:
-            seen[digest] = i
+            seen[digest, records[i].face] = i
         sha256[i] = digest
     kept = [i for i in todo if i not in skipped]
     names = sorted({records[i].identity for i in kept})
@@ -422,7 +423,8 @@ def _write_manifest(cfg: PrepConfig, listing: SourceListing, plan: PrepPlan, out
         "config": {k: v for k, v in to_dict(cfg).items() if k not in RUN_ONLY_KEYS},
     }
     lines = [
-        json.dumps({"source": i, "path": r.path, "identity": r.identity, "sha256": plan.sha256[i]})
+        json.dumps({"source": i, "path": r.path, "identity": r.identity, "sha256": plan.sha256[i],
+                    **({"face": r.face} if r.face is not None else {})})
         for i, r in enumerate(listing.records)
     ]
     atomic_write_text(out / SOURCES_NAME, "\n".join(lines) + "\n")
@@ -448,6 +450,8 @@ def run_prep(cfg: PrepConfig, *, part: int | None = None, parts: int = 1, merge:
         probe.unlink()
     except OSError as err:
         raise PrepError(f"{out}: output folder is not writable: {err.strerror or err}") from None
+    if cfg.align.faces == "all":  # one record per face of each photo, people grouped (data_prep/faces.py)
+        listing = expand_faces(listing, cfg, state, cfg.workers, progress, _map)
     plan = load_or_make_plan(cfg, listing, state, progress)
     mine = [s for j, s in enumerate(plan.shards) if part is None or j % parts == part]
     result = PrepResult(out=out, shards_total=len(plan.shards), shards_written=0, shards_reused=0)

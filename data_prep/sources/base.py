@@ -27,6 +27,8 @@ class SourceRecord:
     """The dataset's own split for this image (train/val/test), when it has one."""
     skip: str | None = None
     """Why the ingester already rejected this file (bad name, unsupported type, missing)."""
+    face: int | None = None
+    """With align.faces=all: which face of the photo (left to right); None: its most confident one."""
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Literal
 
 from kssgan_hpc.config.core import ConfigError
 
-SOURCES = ("folder", "rafd", "celeba", "demo")
+SOURCES = ("folder", "photos", "rafd", "celeba", "demo")
 
 
 @dataclass(kw_only=True)
@@ -47,20 +47,33 @@ class AlignConfig:
     detection (YuNet misses faces below ~60 px)."""
     crop_scale: float = 1.0
     """Scale of the FFHQ-style crop around eyes and mouth; 1.0 is FFHQ's framing."""
+    faces: Literal["one", "all"] = "one"
+    """one: the most confident face of each image. all: every face of each photo (several scales), each
+    a record of its own; faces other than the folder's person are grouped into putative people by
+    SFace (data_prep/faces.py). For photos in which several people appear."""
+    same_person: float = 0.3
+    """With faces=all: the mean SFace cosine at which faces are taken as one person (below SFace's own
+    0.363: merging two people is safe for k, splitting one is not)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.detector_score <= 1.0:
             raise ConfigError(f"align.detector_score={self.detector_score} is invalid; use 0..1")
         if self.detector_min_side < 32:
             raise ConfigError(f"align.detector_min_side={self.detector_min_side} is invalid; use >= 32")
+        if not -1.0 <= self.same_person <= 1.0:
+            raise ConfigError(f"align.same_person={self.same_person} is invalid; use a cosine in [-1, 1]")
+        if self.faces == "all" and self.method not in ("auto", "detector"):
+            raise ConfigError(f"align.faces=all finds faces with the detector; align.method={self.method!r} "
+                              "cannot be used with it")
         if not 0.25 <= self.crop_scale <= 4.0:
             raise ConfigError(f"align.crop_scale={self.crop_scale} is invalid; use 0.25..4")
 
 
 @dataclass(kw_only=True)
 class PrepConfig:
-    source: Literal["folder", "rafd", "celeba", "demo"] = "demo"
-    """Input layout: folder (<root>/<identity>/<image>), rafd, celeba, or demo (bundled ORL faces)."""
+    source: Literal["folder", "photos", "rafd", "celeba", "demo"] = "demo"
+    """Input layout: folder (<root>/<identity>/<image>), photos (any tree of photos, nobody named: needs
+    align.faces=all), rafd, celeba, or demo (bundled ORL faces)."""
     input: str | None = None
     """Root of the raw faces; not needed for demo."""
     out: str = "runs/demo/data"
@@ -92,3 +105,5 @@ class PrepConfig:
             raise ConfigError(f"workers={self.workers} is invalid; use >= 1")
         if self.min_size < 1:
             raise ConfigError(f"min_size={self.min_size} is invalid; use >= 1")
+        if self.source == "photos" and self.align.faces != "all":
+            raise ConfigError("source=photos names nobody: people come from the faces, set align.faces=all")

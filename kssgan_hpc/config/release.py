@@ -20,6 +20,40 @@ def check_device(device: str) -> None:
 
 
 @dataclass(kw_only=True)
+class PhotoConfig:
+    """Whole photos (release/photos.py): each source photo written again with its faces replaced in place."""
+
+    enabled: bool = False
+    """Also write out/release/photos/<split>/<number>.<ext>: every photo of the released people, each of
+    its faces replaced by its released face, the rest of the photo kept (sources must still be readable)."""
+    input: str | None = None
+    """The folder of the photos the dataset was prepped from (not needed with the demo or with
+    anonymize's `input`, which it is then)."""
+    mask: Literal["face", "head"] = "face"
+    """The region replaced: the face (brows to chin, cheek to cheek) or the head (hair and ears too)."""
+    undetected: Literal["withhold", "blur", "refuse"] = "withhold"
+    """A photo holding a face the release did not replace (found by the second detector pass, or no face
+    found at all): withhold it (listed in out/private/photos.jsonl), blur that face's region, or refuse
+    the run before any photo is written."""
+    check_score: float = 0.5
+    """Threshold of the second detector pass (on each photo and on each output); prep detects at 0.6."""
+    check_min_side: int = 320
+    """That pass runs YuNet with the photo's short side at this size (prep: 256) and twice it."""
+    feather: float = 0.06
+    """Width of the mask's soft edge, as a share of the face crop's side (the edge lies outside the region)."""
+    photos_per_chunk: int = 64
+    """Photos per resume point (one record each in out/private/state)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.check_score < 1:
+            raise ConfigError(f"photos.check_score={self.check_score} is invalid; use a score in (0, 1)")
+        if not 0 <= self.feather <= 0.5:
+            raise ConfigError(f"photos.feather={self.feather} is invalid; use 0 to 0.5 of the crop's side")
+        if self.check_min_side < 32 or self.photos_per_chunk < 1:
+            raise ConfigError("photos.check_min_side must be >= 32 and photos.photos_per_chunk >= 1")
+
+
+@dataclass(kw_only=True)
 class AnonymizeConfig:
     gan: str = "runs/demo/gan"
     """GAN run folder: its newest checkpoint's EMA generator; its config names the Siamese."""
@@ -61,6 +95,7 @@ class AnonymizeConfig:
     images_per_shard: int = 256
     png: bool = False
     """Also write out/release/png/<split>/<image id>.png (no metadata)."""
+    photos: PhotoConfig = field(default_factory=PhotoConfig)
     device: str = "auto"
     """auto: this rank's GPU when there is one, else CPU."""
 

@@ -62,6 +62,7 @@ from kssgan_hpc.ksame.build import KSame
 from kssgan_hpc.ksame.clusters import TooFewPeople
 from kssgan_hpc.ksame.deidentify import CuePool, cue_pool, deidentify, draw_from_pools
 from kssgan_hpc.release.gate import gate_release, public_record
+from kssgan_hpc.release.photos import PhotoWriter, photo_root
 from kssgan_hpc.release.ledger import (
     Ledger,
     check_plans,
@@ -98,14 +99,20 @@ def _shard_done(path: Path, record: Path) -> bool:
 
 
 def _prepared_input(cfg: AnonymizeConfig, resolution: int) -> Path:
-    """`input` folder -> a prepped dataset in out/private/input (all people in the test split)."""
+    """`input` folder -> a prepped dataset in out/private/input (all people in the test split; with
+    photos, every face of each photo)."""
     from data_prep.prep import run_prep
     from kssgan_hpc.config import PrepConfig, load_config
 
     out = Path(cfg.out) / "private" / "input"
+    # Photos: every face of each photo; a folder without identity folders names nobody (people from faces).
+    folder = Path(cfg.input)
+    source = ("photos" if cfg.photos.enabled and folder.is_dir() and not any(p.is_dir() for p in folder.iterdir())
+              else "folder")
+    faces = ["align.faces=all"] if cfg.photos.enabled else []
     prep = load_config(PrepConfig, overrides=[
-        "source=folder", f"input={cfg.input}", f"out={out}", f"resolution={resolution}",
-        "split.train=0.0", "split.val=0.0", "split.test=1.0"])
+        f"source={source}", f"input={cfg.input}", f"out={out}", f"resolution={resolution}",
+        "split.train=0.0", "split.val=0.0", "split.test=1.0", *faces])
     if dist.is_initialized():
         if dist.get_rank() == 0:
             run_prep(prep, progress=False)
@@ -128,6 +135,8 @@ def anonymize(cfg: AnonymizeConfig, progress: bool = True) -> Path:
     except ShardError as err:
         raise InputError(f"{err} — the generator's training data ({gan_cfg.data}, from {cfg.gan}) is needed by the "
                          "release gate's third-party check") from None
+    if cfg.photos.enabled and not cfg.input:
+        photo_root(load_manifest(cfg.data), cfg.photos.input)  # the photos are there (checked again per photo)
     out = claim_folder(cfg.out, "release")  # every input above is checked before this first write
     data_dir = _prepared_input(cfg, gan_cfg.model.resolution) if cfg.input else Path(cfg.data)
     splits = ["test"] if cfg.input else cfg.splits
@@ -191,8 +200,16 @@ def anonymize(cfg: AnonymizeConfig, progress: bool = True) -> Path:
                               "source_identities": len(clustering.ids)}
             offset += len(clustering.groups)
         barrier()
+        photos = None
+        if cfg.photos.enabled:  # every photo of the released people, its faces replaced in place
+            photo_cfg = dataclasses.replace(cfg.photos, input=cfg.input or cfg.photos.input)
+            writer = PhotoWriter(photo_cfg, data_dir, release, private, settings["secret_seed"],
+                                 cfg.images_per_shard, env.rank, env.world_size)
+            writer.write(splits)
+            barrier()
+            photos = writer.summary(splits) if env.rank == 0 else None
         if env.rank == 0:
-            _write_manifest(cfg, source, summary, method, release, private)
+            _write_manifest(cfg, source, summary, method, release, private, photos)
         barrier()
     finally:
         if dist.is_initialized():
@@ -207,6 +224,7 @@ def _check_settings(cfg: AnonymizeConfig, path: Path, source: dict[str, Any], we
     settings = {"k": cfg.k, "method": cfg.method, "cues": cfg.cues, "seed": cfg.seed,
                 "images_per_shard": cfg.images_per_shard,
                 "splits": cfg.splits, "png": cfg.png, "gate_split": cfg.gate_split,
+                "photos": dataclasses.asdict(cfg.photos),
                 "duplicates": dataclasses.asdict(cfg.duplicates), "ledger": str(ledger.resolve()),
                 "sticky_clusters": cfg.sticky_clusters, "withdrawal_slack": cfg.withdrawal_slack,
                 **{name: {"file": str(file), "sha256": sha256_file(file)} for name, file in weights.items()},
@@ -268,7 +286,7 @@ def _write_shard(cfg: AnonymizeConfig, data: FaceShards, indices: np.ndarray, in
 
 
 def _write_manifest(cfg: AnonymizeConfig, source: dict[str, Any], summary: dict[str, Any], method: str,
-                    release: Path, private: Path) -> None:
+                    release: Path, private: Path, photos: dict[str, Any] | None) -> None:
     state = private / "state"
     names = [shard_name(split, index) for split, counts in summary.items() for index in range(counts["shards"])]
     shards = [json.loads((state / f"{name}.json").read_text()) for name in names]
@@ -284,6 +302,7 @@ def _write_manifest(cfg: AnonymizeConfig, source: dict[str, Any], summary: dict[
         "splits": {split: {"images": c["images"], "identities": c["identities"]} for split, c in summary.items()},
         "shards": shards,
         "vocab": {name: source["vocab"].get(name, []) for name in ("expression", "pose", "gaze", "attributes")},
+        **({"photos": photos} if photos is not None else {}),
     }
     atomic_write_json(release / "manifest.json", manifest)
     log.info("release: %d images of %d released identities (k=%d, %s) in %s", manifest["images"],

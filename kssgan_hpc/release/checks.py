@@ -16,8 +16,11 @@ from kssgan_hpc.data.shards import SOURCES_NAME, TRACEABLE_FIELDS, load_manifest
 from kssgan_hpc.ksame.clusters import check_cluster_members, check_k
 
 MANIFEST_KEYS = {"format_version", "kind", "created_by", "resolution", "channels", "k", "method",
-                 "deidentification", "gate", "images", "identities", "splits", "shards", "vocab"}
+                 "deidentification", "gate", "images", "identities", "splits", "shards", "vocab", "photos"}
 SHARD_DATASETS = {"images", "identity", "expression", "pose", "gaze", "attributes"}
+PHOTO_SUFFIXES = (".jpg", ".png", ".pgm", ".ppm", ".bmp", ".tif", ".webp")
+FORMAT_INFO = {"jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi", "compression", "loop", "background"}
+"""What PIL reads from a file it wrote itself with no metadata (format headers, not metadata)."""
 
 
 def check_release_clusters(private: str | Path, k: int | None = None) -> dict:
@@ -160,10 +163,11 @@ def scan_release(release: str | Path, secrets: SourceSecrets | None = None) -> l
         rel = path.relative_to(release)
         if path.suffix == ".h5":
             scan_h5(path)
-        elif path.suffix == ".png":
+        elif path.suffix == ".png" or (rel.parts[0] == "photos" and path.suffix in PHOTO_SUFFIXES):
             with Image.open(path) as image:
-                if image.info or image.getexif():
-                    problems.append(f"{path}: carries metadata {sorted(image.info)}")
+                carried = sorted(set(image.info) - FORMAT_INFO)
+                if carried or image.getexif():
+                    problems.append(f"{path}: carries metadata {carried or ['exif']}")
         elif path.name != "manifest.json":
             problems.append(f"{rel}: a file that does not belong in a release")
     if pattern is not None:

@@ -1,0 +1,468 @@
+"""Whole photos: every face of a source photo replaced in place by its released face, the rest kept.
+
+After `anonymize` has written a release of aligned faces, each photo of the released people is read
+again (checked against the sha256 prep recorded) and each of its released faces is warped back
+through the inverse of its crop's similarity transform (the quad prep stored) and blended in with a
+soft mask: `mask=face` (brows to chin, cheek to cheek) or `mask=head` (hair and ears too), in the
+crop's frame, the soft edge lying outside the region so that none of the original face shows through.
+The pasted face is matched to the replaced region's brightness and contrast per channel. The photo is
+written at its own size and format, orientation applied, with no metadata (EXIF, ICC, comments).
+
+A face the release does not replace is an unprotected face in a published photo. A second detector
+pass (YuNet at another scale and a lower threshold, `photos.check_*`) looks at each photo for faces
+outside the replaced regions, and at each output for any face outside them; `photos.undetected`
+decides: withhold the photo (the default), blur that face's region, or refuse the run before any
+photo is written. A photo in which prep found no face at all is withheld under every policy but
+refuse (no region to blur). Withheld photos are listed, with the reason, in private/photos.jsonl.
+
+Released as out/release/photos/<split>/<number>.<ext>, numbered in an order drawn from the
+release's secret seed. Resumable per chunk of photos (a record per chunk in private/state),
+multi-process: rank r writes chunks r, r + world, ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import h5py
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image
+
+from data_prep.align import Detection, FaceDetector
+from data_prep.decode import SkipImage, decode_image
+from data_prep.sources import list_source
+from kssgan_hpc.config.release import PhotoConfig
+from kssgan_hpc.data.shards import SOURCES_NAME, load_manifest, open_shard, sha256_file, split_shards
+from kssgan_hpc.errors import InputError
+from kssgan_hpc.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
+"""Photo formats written as they came; PGM/PPM keep theirs (by mode), anything else becomes PNG."""
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+CHECK_UPSCALES = (1.5, 3.0)
+"""The check pass runs at other scales than prep (1x, 2x of its base): a 14 px face in an 800 x 600 photo
+that prep missed is found at 3x."""
+REGIONS = {"face": ((0.5, 0.6), (0.30, 0.33)), "head": ((0.5, 0.5), (0.42, 0.44))}
+"""Each mask's ellipse in the aligned crop (centre, radii; shares of its side). The FFHQ crop puts the
+eyes at about 0.47 and the mouth at 0.74 of its height, the eyes 1/4 of its side apart."""
+
+
+@dataclass
+class PhotoFace:
+    """One face of a photo as the release replaces it."""
+
+    release_index: int
+    quad: np.ndarray
+    """[4, 2] the face's crop corners in the photo's pixels (prep's quad)."""
+    landmarks: np.ndarray
+    """[5, 2] the source's landmarks in the crop's pixels (NaN when unknown)."""
+    split: str = "test"
+    """The split of the release that holds the face."""
+    face: int = 0
+    """Its index in the photo (left to right)."""
+    image: np.ndarray | None = None
+    """[S, S, C] uint8: the released face."""
+
+
+@dataclass
+class PhotoResult:
+    """What became of one photo (a line of private/photos.jsonl)."""
+
+    split: str
+    source: int
+    """The photo's first line in the data's sources.jsonl."""
+    path: str
+    status: str
+    """released | blurred (released, with faces the release did not replace blurred) | withheld"""
+    reason: str | None = None
+    number: int | None = None
+    file: str | None = None
+    sha256: str | None = None
+    faces: list[dict[str, int]] = field(default_factory=list)
+    width: int | None = None
+    height: int | None = None
+    redetected: int = 0
+    """Replaced faces the check pass found again in the output (a face, not a hole)."""
+    seam: float | None = None
+    """Gradient on the mask's border in the output over the original's there: 1, no edge added."""
+
+# ----------------------------------------------------------------------------- geometry
+
+def crop_matrix(quad: np.ndarray, size: int) -> np.ndarray:
+    """The affine map photo -> aligned crop (the one prep resampled with)."""
+    target = np.array([[0, 0], [0, size], [size, 0]], np.float32)
+    return cv2.getAffineTransform(np.asarray(quad, np.float32)[[0, 1, 3]], target)
+
+
+def region_in_crop(size: int, landmarks: np.ndarray, mask: str) -> np.ndarray:
+    """uint8 [S, S] 1 inside the replaced region: the mask's ellipse, and the same ellipse moved onto the
+    source's landmarks where the face sits off the crop's centre (a turned head)."""
+    (cx, cy), (rx, ry) = REGIONS[mask]
+    region = np.zeros((size, size), np.uint8)
+    centres = [np.array([cx, cy]) * size]
+    points = np.asarray(landmarks, np.float64)
+    if np.isfinite(points).all():
+        eyes, mouth = points[:2].mean(0), points[3:].mean(0)
+        centres.append(centres[0] + ((eyes + mouth) / 2 - np.array([0.5, 0.605]) * size))
+    for centre in centres:
+        cv2.ellipse(region, (int(round(centre[0])), int(round(centre[1]))),
+                    (int(round(rx * size)), int(round(ry * size))), 0, 0, 360, 1, -1)
+    return region
+
+
+def paste_faces(photo: np.ndarray, faces: list[PhotoFace], mask: str,
+                feather: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every face warped back into `photo` ([H, W, 3] uint8) and blended. Returns the output, the
+    replaced region (bool [H, W]: weight 1) and the blend weight (float [H, W])."""
+    height, width = photo.shape[:2]
+    out = photo.astype(np.float32)
+    region_all = np.zeros((height, width), bool)
+    weight_all = np.zeros((height, width), np.float32)
+    for face in faces:
+        size = face.image.shape[0]
+        matrix = crop_matrix(face.quad, size)
+        inverse = cv2.WARP_INVERSE_MAP
+        generated = face.image if face.image.shape[-1] == 3 else np.repeat(face.image, 3, axis=-1)
+        warped = cv2.warpAffine(generated, matrix, (width, height), flags=cv2.INTER_CUBIC | inverse,
+                                borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        crop_region = region_in_crop(size, face.landmarks, mask)
+        region = cv2.warpAffine(crop_region * 255, matrix, (width, height), flags=cv2.INTER_LINEAR | inverse,
+                                borderValue=0) >= 128
+        if not region.any():
+            continue
+        # The soft edge lies outside the region: inside it, nothing of the original remains.
+        side = float(np.hypot(*(np.asarray(face.quad[3]) - face.quad[0])))
+        ramp = max(1.0, feather * side)
+        distance = cv2.distanceTransform((~region).astype(np.uint8), cv2.DIST_L2, 5)
+        t = np.clip(1.0 - distance / ramp, 0.0, 1.0)
+        weight = t * t * (3 - 2 * t)  # smoothstep
+        weight[region] = 1.0
+        # Brightness and contrast of the photo there, per channel (the crop was lit as its cluster).
+        for c in range(3):
+            original, made = out[..., c][region], warped[..., c][region]
+            spread = np.clip(original.std() / max(made.std(), 1e-3), 0.5, 2.0)
+            warped[..., c] = (warped[..., c] - made.mean()) * spread + original.mean()
+        out = out * (1 - weight[..., None]) + np.clip(warped, 0, 255) * weight[..., None]
+        region_all |= region
+        weight_all = np.maximum(weight_all, weight)
+    return np.clip(out.round(), 0, 255).astype(np.uint8), region_all, weight_all
+
+
+def seam_ratio(output: np.ndarray, original: np.ndarray, region: np.ndarray, weight: np.ndarray) -> float | None:
+    """Mean gradient magnitude on the mask's border (its soft edge and the region's rim) in the output
+    over that in the original photo at the same pixels: 1 when pasting added no edge, a seam raises it."""
+    rim = cv2.dilate(region.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & ~region
+    border = ((weight > 0.02) & (weight < 0.98)) | rim
+    if border.sum() < 4:
+        return None
+
+    def gradient(image: np.ndarray) -> np.ndarray:
+        grey = image.astype(np.float32).mean(-1)
+        return np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))[border]
+
+    return float(gradient(output).mean() / max(gradient(original).mean(), 1e-6))
+
+
+def blur_region(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The box (x, y, w, h) enlarged 1.6x about its centre, pixelated to 6 blocks across and blurred.
+    Returns the image and the blurred area (bool)."""
+    height, width = image.shape[:2]
+    centre, half = box[:2] + box[2:] / 2, box[2:] * 0.8
+    x0, y0 = np.floor(np.maximum(centre - half, 0)).astype(int)
+    x1, y1 = np.ceil(np.minimum(centre + half, [width, height])).astype(int)
+    area = np.zeros((height, width), bool)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return image, area
+    patch = image[y0:y1, x0:x1]
+    blocks = cv2.resize(patch, (6, max(1, round(6 * (y1 - y0) / (x1 - x0)))), interpolation=cv2.INTER_AREA)
+    coarse = cv2.resize(blocks, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+    out = image.copy()
+    out[y0:y1, x0:x1] = cv2.GaussianBlur(coarse, (0, 0), max(1.0, (x1 - x0) / 12))
+    area[y0:y1, x0:x1] = True
+    return out, area
+
+
+def outside(detections: list[Detection], covered: np.ndarray) -> list[Detection]:
+    """The detections whose centre is not in `covered` (bool [H, W])."""
+    height, width = covered.shape
+    found = []
+    for face in detections:
+        x, y = np.clip(face.center, 0, [width - 1, height - 1]).astype(int)
+        if not covered[y, x]:
+            found.append(face)
+    return found
+
+
+# ----------------------------------------------------------------------------- files
+
+def encode_photo(image: np.ndarray, source_format: str | None, grey: bool) -> tuple[bytes, str]:
+    """The photo's bytes in its own format, nothing but pixels: (bytes, extension)."""
+    pil = Image.fromarray(image.mean(-1).round().astype(np.uint8) if grey else image, "L" if grey else "RGB")
+    if source_format == "PPM":
+        fmt, ext = "PPM", ".pgm" if grey else ".ppm"
+    elif source_format in FORMATS:
+        fmt, ext = source_format, FORMATS[source_format]
+    else:
+        fmt, ext = "PNG", ".png"
+    options = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}, "TIFF": {"compression": "tiff_deflate"}}
+    buffer = io.BytesIO()
+    pil.save(buffer, format=fmt, **options.get(fmt, {}))  # a fresh image: no EXIF, ICC or text chunk
+    return buffer.getvalue(), ext
+
+
+def photo_kind(data: bytes) -> tuple[str | None, bool]:
+    """(PIL format, grey?) of a photo's header (decode_image has already accepted it)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.format, image.mode in GREY_MODES
+
+
+# ----------------------------------------------------------------------------- the pass
+
+@dataclass
+class Photo:
+    """One source photo of a split and its faces in the release (none: prep found no face in it)."""
+
+    source: int
+    """Its first line in the data's sources.jsonl."""
+    path: str
+    sha256: str | None
+    faces: list[PhotoFace]
+    skipped: str | None = None
+    """Why prep did not take a face from it (None: it did)."""
+
+
+def photo_root(manifest: dict[str, Any], folder: str | None) -> Path:
+    """The folder of the photos a prepped dataset was made from: `folder` (the input prep read), or the
+    bundled demo photos. Every photo is checked against its sha256 before use."""
+    source = manifest.get("config", {}).get("source")
+    if folder is None and source != "demo":
+        raise InputError(f"photos.input is not set: whole photos need the folder prep read the {source} "
+                         "photos from (they are checked against the sha256 prep recorded)")
+    return list_source("demo" if folder is None else source, folder).root
+
+
+class PhotoWriter:
+    """Writes the photos of a release's splits (see the module's doc)."""
+
+    def __init__(self, cfg: PhotoConfig, data_dir: Path, release: Path, private: Path, secret: int,
+                 images_per_shard: int, rank: int = 0, world_size: int = 1) -> None:
+        self.cfg, self.data_dir, self.release, self.private = cfg, Path(data_dir), release, private
+        self.secret, self.images_per_shard, self.rank, self.world_size = secret, images_per_shard, rank, world_size
+        manifest = load_manifest(self.data_dir)
+        config = manifest.get("config", {})
+        self.root = photo_root(manifest, cfg.input)
+        self.max_pixels = int(config.get("max_pixels", 89_478_485))
+        self.sources = [json.loads(line) for line in (self.data_dir / SOURCES_NAME).read_text().splitlines()
+                        if line.strip()]
+        self.skipped = {int(s["source"]): s["reason"] for s in manifest.get("skipped", [])}
+        self.manifest = manifest
+        self.checker = FaceDetector(cfg.check_score, cfg.check_min_side)
+
+    # -- which photos
+    def photos(self, splits: list[str]) -> dict[str, list[Photo]]:
+        """Per split, its photos in source order: each photo with a released face goes to the split of its
+        first face (a photo's faces may be people of several splits); a photo prep took no face from goes
+        to its person's split (to the first split when nobody is named). A photo with a face of someone
+        who withdrew is left out altogether."""
+        released: dict[int, tuple[str, int]] = {}  # data source line -> (split, release index)
+        for path in sorted((self.private / "state").glob("*.h5.mapping.jsonl")):
+            for line in path.read_text().splitlines():
+                entry = json.loads(line)
+                if entry["source_index"] is not None and entry["split"] in splits:
+                    released[int(entry["source_index"])] = (entry["split"], int(entry["release_index"]))
+        faces: dict[str, list[PhotoFace]] = {}
+        withdrawn: set[str] = set()
+        split_of_person: dict[str, str] = {}
+        for split in splits:
+            for shard in split_shards(self.manifest, split):
+                with open_shard(self.data_dir / shard["name"]) as f:
+                    for source, quad, landmarks in zip(f["source_index"][:], f["quad"][:], f["landmarks"][:]):
+                        entry = self.sources[int(source)]
+                        split_of_person[entry["identity"]] = split
+                        if int(source) not in released:
+                            withdrawn.add(entry["path"])  # a person who left: none of their photos
+                            continue
+                        face_split, index = released[int(source)]
+                        faces.setdefault(entry["path"], []).append(
+                            PhotoFace(index, quad, landmarks, split=face_split, face=entry.get("face") or 0))
+        by_split: dict[str, list[Photo]] = {split: [] for split in splits}
+        seen: set[str] = set()
+        for number, entry in enumerate(self.sources):
+            path = entry["path"]
+            if path in seen or path in withdrawn:
+                continue
+            if path in faces:
+                photo_faces = sorted(faces[path], key=lambda f: f.face)
+                by_split[photo_faces[0].split].append(Photo(number, path, entry["sha256"], photo_faces))
+            elif number in self.skipped and (entry["identity"] in split_of_person or not entry["identity"]):
+                split = split_of_person.get(entry["identity"], splits[0])
+                by_split[split].append(Photo(number, path, entry["sha256"], [], self.skipped[number]))
+            else:
+                continue
+            seen.add(path)
+        return by_split
+
+    def _released_faces(self, photos: list[Photo]) -> None:
+        """Read each photo's released face images from the release's shards."""
+        wanted = sorted(((face.split, face.release_index), face) for photo in photos for face in photo.faces)
+        handle, current = None, None
+        try:
+            for (split, index), face in wanted:
+                shard = self.release / f"{split}-{index // self.images_per_shard:05d}.h5"
+                if shard != current:
+                    if handle is not None:
+                        handle.close()
+                    handle, current = h5py.File(shard, "r"), shard
+                face.image = handle["images"][index % self.images_per_shard]
+        finally:
+            if handle is not None:
+                handle.close()
+
+    # -- one photo
+    def _read(self, photo: Photo) -> tuple[np.ndarray, str | None, bool]:
+        path = self.root / photo.path
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise SkipImage(f"unreadable: {err.strerror or err}") from None
+        if photo.sha256 and hashlib.sha256(data).hexdigest() != photo.sha256:
+            raise SkipImage("changed since prep (sha256 differs)")
+        rgb, _ = decode_image(data, min_size=1, max_pixels=self.max_pixels)
+        return rgb, *photo_kind(data)
+
+    def process(self, split: str, photo: Photo, number: int, folder: Path) -> PhotoResult:
+        result = PhotoResult(split=split, source=photo.source, path=photo.path, status="withheld",
+                             faces=[{"split": f.split, "release_index": f.release_index, "face": f.face}
+                                    for f in photo.faces])
+        if photo.skipped is not None:
+            result.reason = f"prep took no face from it: {photo.skipped}"
+            return result
+        try:
+            rgb, source_format, grey = self._read(photo)
+        except SkipImage as reason:
+            result.reason = str(reason)
+            return result
+        result.height, result.width = rgb.shape[:2]
+        output, region, weight = paste_faces(rgb, photo.faces, self.cfg.mask, self.cfg.feather)
+        covered = region.copy()
+        # Faces of the photo that the release did not replace:
+        missed = outside(self.checker.detect(rgb, CHECK_UPSCALES), region)
+        if missed:
+            what = f"{len(missed)} face(s) not replaced (best check score {max(m.score for m in missed):.2f})"
+            if self.cfg.undetected != "blur":
+                result.reason = what
+                return result
+            for face in missed:
+                output, area = blur_region(output, face.box)
+                covered |= area
+            result.status, result.reason = "blurred", what + ", blurred"
+        found = self.checker.detect(output, CHECK_UPSCALES)
+        remaining = outside(found, covered)
+        if remaining:
+            result.status, result.reason = "withheld", (f"{len(remaining)} face(s) found in the output outside the "
+                                                       "replaced regions")
+            return result
+        result.redetected = sum(1 for face in photo.faces if _found_in(face, found, output.shape[:2], self.cfg.mask))
+        result.seam = seam_ratio(output, rgb, region, weight)
+        data, ext = encode_photo(output, source_format, grey)
+        name = f"{number:07d}{ext}"
+        atomic_write_bytes(folder / name, data)
+        if result.status == "withheld":
+            result.status = "released"
+        result.number, result.file, result.sha256 = number, f"photos/{split}/{name}", hashlib.sha256(data).hexdigest()
+        return result
+
+    def refuse_undetected(self, split: str, photos: list[Photo]) -> None:
+        """undetected=refuse: look at every photo of this rank first; a face left out stops the run
+        (every rank, before any photo is written)."""
+        problems = []
+        for photo in photos:
+            if photo.skipped is not None:
+                if photo.skipped.startswith("no face"):
+                    problems.append((photo.path, photo.skipped))
+                continue
+            try:
+                rgb, _, _ = self._read(photo)
+            except SkipImage:
+                continue  # withheld as unreadable, not a face left out
+            self._released_faces([photo])
+            _, region, _ = paste_faces(rgb, photo.faces, self.cfg.mask, self.cfg.feather)
+            missed = outside(self.checker.detect(rgb, CHECK_UPSCALES), region)
+            if missed:
+                problems.append((photo.path, f"{len(missed)} face(s) the release would not replace"))
+        count = len(problems)
+        if dist.is_initialized():
+            total = torch.tensor([count])
+            dist.all_reduce(total)
+            count = int(total.item())
+        if count:
+            path, problem = problems[0] if problems else ("", "faces left out on another rank")
+            raise InputError(f"{self.root / path}: {problem}; {count} photo(s) of split '{split}' hold a face the "
+                             "release would not replace (photos.undetected=refuse; withhold or blur them instead)")
+
+    # -- a split
+    def write(self, splits: list[str]) -> None:
+        for split_number, (split, photos) in enumerate(self.photos(splits).items()):
+            self.write_split(split, split_number, photos)
+
+    def write_split(self, split: str, split_number: int, photos: list[Photo]) -> None:
+        numbers = np.random.default_rng([self.secret, 1, split_number]).permutation(len(photos))
+        chunks = [list(range(i, min(i + self.cfg.photos_per_chunk, len(photos))))
+                  for i in range(0, len(photos), self.cfg.photos_per_chunk)]
+        mine = [c for c in range(len(chunks)) if c % self.world_size == self.rank]
+        if self.cfg.undetected == "refuse":
+            self.refuse_undetected(split, [photos[i] for c in mine for i in chunks[c]])
+        folder = self.release / "photos" / split
+        folder.mkdir(parents=True, exist_ok=True)
+        state = self.private / "state"
+        for c in mine:
+            record = state / f"photos-{split}-{c:05d}.json"
+            if _chunk_done(record, self.release):
+                continue
+            todo = [photos[i] for i in chunks[c]]
+            self._released_faces(todo)
+            results = [self.process(split, photo, int(numbers[i]), folder) for photo, i in zip(todo, chunks[c])]
+            atomic_write_json(record, [asdict(r) for r in results])
+            for photo in todo:
+                for face in photo.faces:
+                    face.image = None
+
+    def summary(self, splits: list[str]) -> dict[str, Any]:
+        """Rank 0, after every rank finished: writes private/photos.jsonl; returns the manifest's record."""
+        results: list[dict[str, Any]] = []
+        for split in splits:
+            for record in sorted((self.private / "state").glob(f"photos-{split}-*.json")):
+                results.extend(json.loads(record.read_text()))
+        atomic_write_text(self.private / "photos.jsonl", "".join(json.dumps(r) + "\n" for r in results))
+        released = {split: sum(r["split"] == split and r["status"] != "withheld" for r in results) for split in splits}
+        withheld = sum(r["status"] == "withheld" for r in results)
+        log.info("photos: %d released, %d withheld (private/photos.jsonl says why)", sum(released.values()), withheld)
+        return {"mask": self.cfg.mask, "undetected": self.cfg.undetected, "photos": released}
+
+
+def _found_in(face: PhotoFace, found: list[Detection], shape: tuple[int, int], mask: str) -> bool:
+    """Whether a detection's centre lies in this face's replaced region."""
+    size = face.image.shape[0]
+    region = cv2.warpAffine(region_in_crop(size, face.landmarks, mask) * 255, crop_matrix(face.quad, size),
+                            (shape[1], shape[0]), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=0) >= 128
+    return len(outside(found, region)) < len(found)
+
+
+def _chunk_done(record: Path, release: Path) -> bool:
+    if not record.is_file():
+        return False
+    results = json.loads(record.read_text())
+    return all(r["file"] is None or ((release / r["file"]).is_file() and sha256_file(release / r["file"]) == r["sha256"])
+               for r in results)
+
