@@ -33,6 +33,11 @@ def run(args: argparse.Namespace) -> int:
     setup_logging()  # progress: which population, method and attacker is at work
     report = evaluate(cfg)
     print(format_headline(report))
+    if report["photos"]:
+        from kssgan_hpc.evaluate.photos import format_photo_table
+
+        print("whole photos: kSS-GAN faces pasted back, attacked whole, face only, context only (and the originals)")
+        print(format_photo_table(report["photos"]))
     failed = [key for key, value in report["verdicts"].items() if value is False]
     print("verdicts: " + ("all hold" if not failed else "NOT HOLDING: " + ", ".join(failed)))
     if report["release"] is not None:

@@ -170,6 +170,13 @@ class EvaluateConfig:
     """Whose cues the k-Same-Aligned and kSS-GAN faces show (as anonymize's `cues`)."""
     include_originals: bool = False
     """Also write contact_sheet_SENSITIVE_originals.png, which shows the source faces."""
+    photo_masks: list[str] = field(default_factory=list)
+    """Whole photos (evaluate/photos.py): attack the probes' kSS-GAN faces pasted back into their photos
+    with each of these masks (face, head), whole / face only / context only. Empty: not measured."""
+    photos_input: str | None = None
+    """The folder of the photos the dataset was prepped from (not needed for the demo)."""
+    photo_feather: float = 0.06
+    """The soft edge of the pasted face, as anonymize's photos.feather."""
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -181,5 +188,7 @@ class EvaluateConfig:
         unknown = sorted(set(self.attackers) - set(ALL_ATTACKERS))
         if unknown or not self.attackers:
             raise ConfigError(f"attackers: unknown {unknown or 'none given'}; use some of {', '.join(ALL_ATTACKERS)}")
+        if set(self.photo_masks) - {"face", "head"}:
+            raise ConfigError(f"photo_masks={self.photo_masks} is invalid; use some of face, head")
         if self.training_split == self.heldout_split:
             raise ConfigError(f"training_split and heldout_split are both {self.training_split!r}")

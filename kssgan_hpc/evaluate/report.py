@@ -44,6 +44,7 @@ from kssgan_hpc.data.shards import SPLITS, verify_dataset
 from kssgan_hpc.distributed import choose_device
 from kssgan_hpc.errors import InputError
 from kssgan_hpc.evaluate.baselines import gaussian_blur, ksame_pixel, pixelate
+from kssgan_hpc.evaluate.photos import photo_attacks
 from kssgan_hpc.files import atomic_output, atomic_write_json
 from kssgan_hpc.folders import claim_folder
 from kssgan_hpc.ksame.build import identity_statistics, ksame
@@ -312,11 +313,19 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                    "gate_reasons": None if gate is None else gate["generator"].get("reasons"),
                    "forbidden_fields": scan_release(shipped, secrets)}
 
+    photos, photo_sheets = None, []
+    if cfg.photo_masks:  # what the rest of the photo gives away, at the k of the sheets
+        k, photos = sheet_k(cfg), {}
+        for label, (pop, _) in evaluation.populations.items():
+            photos[label], whole = photo_attacks(pop, outputs[label][f"kssgan@{k}"]["probes"], k, attackers,
+                                                 cfg.photo_masks, cfg.photos_input, cfg.photo_feather)
+        photo_sheets = _photo_sheets(cfg, out, whole, outputs["heldout"][f"kssgan@{k}"]["clusters"])
     sheets, withheld = _sheets(cfg, out, populations["heldout"], outputs["heldout"])
+    sheets += photo_sheets
     report = {"created_by": f"kssgan-hpc {__version__}", "date": time.strftime("%Y-%m-%d"),
               "generator": str(weights), "resolution": generator.cfg.resolution,
               "attackers": {name: a.name for name, a in attackers.items()}, "tolerance": cfg.tolerance,
-              "populations": populations, "release": release, "contact_sheets": sheets,
+              "populations": populations, "photos": photos, "release": release, "contact_sheets": sheets,
               "contact_sheet_withheld": withheld, "seconds": round(time.time() - tick, 1)}
     report["headline"] = headline(report)
     report["verdicts"] = verdicts(report)
@@ -324,10 +333,28 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     return report
 
 
+def _photo_sheets(cfg: EvaluateConfig, out: Path, whole: dict[str, np.ndarray], clusters: np.ndarray) -> list[str]:
+    """The held-out people's photos with their faces replaced, per mask; beside the originals only in
+    the SENSITIVE sheet (include_originals)."""
+    rows = [(f"kSS-GAN photo, mask={mask}", whole[mask]) for mask in cfg.photo_masks]
+    _contact_sheet(out / "contact_sheet_photos.png", rows, clusters)
+    written = [str(out / "contact_sheet_photos.png")]
+    if cfg.include_originals:
+        _contact_sheet(out / "contact_sheet_photos_SENSITIVE_originals.png", [("original", whole["original"]), *rows],
+                       clusters)
+        written.append(str(out / "contact_sheet_photos_SENSITIVE_originals.png"))
+    return written
+
+
+def sheet_k(cfg: EvaluateConfig) -> int:
+    """The k the contact sheets (and the photo attacks) show: the one nearest 4."""
+    return min(cfg.ks, key=lambda v: abs(v - 4))
+
+
 def _sheets(cfg: EvaluateConfig, out: Path, summary: dict[str, Any],
             methods: dict[str, dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
     """The held-out people's contact sheet at the k nearest 4; rows an attacker re-identifies withheld."""
-    k = min(cfg.ks, key=lambda v: abs(v - 4))
+    k = sheet_k(cfg)
     shown = [("blur", "blur"), ("pixelate", "pixelate"), (f"k-Same-Pixel k={k}", f"ksame_pixel@{k}"),
              (f"k-Same-Aligned k={k}", f"ksame_aligned@{k}"), (f"kSS-GAN k={k}", f"kssgan@{k}")]
     rows, safe_rows, withheld = [], [], []

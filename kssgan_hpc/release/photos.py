@@ -65,8 +65,6 @@ class PhotoFace:
     release_index: int
     quad: np.ndarray
     """[4, 2] the face's crop corners in the photo's pixels (prep's quad)."""
-    landmarks: np.ndarray
-    """[5, 2] the source's landmarks in the crop's pixels (NaN when unknown)."""
     split: str = "test"
     """The split of the release that holds the face."""
     face: int = 0
@@ -105,20 +103,32 @@ def crop_matrix(quad: np.ndarray, size: int) -> np.ndarray:
     return cv2.getAffineTransform(np.asarray(quad, np.float32)[[0, 1, 3]], target)
 
 
-def region_in_crop(size: int, landmarks: np.ndarray, mask: str) -> np.ndarray:
-    """uint8 [S, S] 1 inside the replaced region: the mask's ellipse, and the same ellipse moved onto the
-    source's landmarks where the face sits off the crop's centre (a turned head)."""
+def region_in_crop(size: int, mask: str) -> np.ndarray:
+    """uint8 [S, S] 1 inside the replaced region: the mask's ellipse, at the same place in every crop.
+    The crop itself follows the face (prep's quad); shaping the region after each source's landmarks
+    carried its proportions into the release (the face-only attack read them). A face the ellipse
+    leaves uncovered is caught by the check pass on the output."""
     (cx, cy), (rx, ry) = REGIONS[mask]
     region = np.zeros((size, size), np.uint8)
-    centres = [np.array([cx, cy]) * size]
-    points = np.asarray(landmarks, np.float64)
-    if np.isfinite(points).all():
-        eyes, mouth = points[:2].mean(0), points[3:].mean(0)
-        centres.append(centres[0] + ((eyes + mouth) / 2 - np.array([0.5, 0.605]) * size))
-    for centre in centres:
-        cv2.ellipse(region, (int(round(centre[0])), int(round(centre[1]))),
-                    (int(round(rx * size)), int(round(ry * size))), 0, 0, 360, 1, -1)
+    cv2.ellipse(region, (int(round(cx * size)), int(round(cy * size))),
+                (int(round(rx * size)), int(round(ry * size))), 0, 0, 360, 1, -1)
     return region
+
+
+def face_region(shape: tuple[int, int], quad: np.ndarray, size: int, mask: str,
+                feather: float) -> tuple[np.ndarray, np.ndarray]:
+    """A face's replaced region in a photo of `shape` (bool [H, W]) and its blend weight (float [H, W]:
+    1 inside, falling to 0 across a soft edge of `feather` x the crop's side outside it)."""
+    height, width = shape
+    region = cv2.warpAffine(region_in_crop(size, mask) * 255, crop_matrix(quad, size), (width, height),
+                            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=0) >= 128
+    # The soft edge lies outside the region: inside it, nothing of the original remains.
+    ramp = max(1.0, feather * float(np.hypot(*(np.asarray(quad[3]) - quad[0]))))
+    distance = cv2.distanceTransform((~region).astype(np.uint8), cv2.DIST_L2, 5)
+    t = np.clip(1.0 - distance / ramp, 0.0, 1.0)
+    weight = t * t * (3 - 2 * t)  # smoothstep
+    weight[region] = 1.0
+    return region, weight
 
 
 def paste_faces(photo: np.ndarray, faces: list[PhotoFace], mask: str,
@@ -131,32 +141,36 @@ def paste_faces(photo: np.ndarray, faces: list[PhotoFace], mask: str,
     weight_all = np.zeros((height, width), np.float32)
     for face in faces:
         size = face.image.shape[0]
-        matrix = crop_matrix(face.quad, size)
-        inverse = cv2.WARP_INVERSE_MAP
-        generated = face.image if face.image.shape[-1] == 3 else np.repeat(face.image, 3, axis=-1)
-        warped = cv2.warpAffine(generated, matrix, (width, height), flags=cv2.INTER_CUBIC | inverse,
-                                borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-        crop_region = region_in_crop(size, face.landmarks, mask)
-        region = cv2.warpAffine(crop_region * 255, matrix, (width, height), flags=cv2.INTER_LINEAR | inverse,
-                                borderValue=0) >= 128
+        region, weight = face_region((height, width), face.quad, size, mask, feather)
         if not region.any():
             continue
-        # The soft edge lies outside the region: inside it, nothing of the original remains.
-        side = float(np.hypot(*(np.asarray(face.quad[3]) - face.quad[0])))
-        ramp = max(1.0, feather * side)
-        distance = cv2.distanceTransform((~region).astype(np.uint8), cv2.DIST_L2, 5)
-        t = np.clip(1.0 - distance / ramp, 0.0, 1.0)
-        weight = t * t * (3 - 2 * t)  # smoothstep
-        weight[region] = 1.0
-        # Brightness and contrast of the photo there, per channel (the crop was lit as its cluster).
-        for c in range(3):
-            original, made = out[..., c][region], warped[..., c][region]
-            spread = np.clip(original.std() / max(made.std(), 1e-3), 0.5, 2.0)
-            warped[..., c] = (warped[..., c] - made.mean()) * spread + original.mean()
+        generated = face.image if face.image.shape[-1] == 3 else np.repeat(face.image, 3, axis=-1)
+        warped = cv2.warpAffine(generated, crop_matrix(face.quad, size), (width, height),
+                                flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                                borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        # The photo's local brightness and contrast, per channel, taken from a ring around the soft edge
+        # (what the photo shows anyway) in the photo and in the pasted crop alike: matching to the
+        # replaced face's own pixels carried its skin tone and lighting into the release (the face-only
+        # attack read them).
+        ring = _ring(region, weight, face.quad, feather)
+        if ring.sum() >= 16:
+            for c in range(3):
+                original, made = out[..., c][ring], warped[..., c][ring]
+                spread = np.clip(original.std() / max(made.std(), 1e-3), 0.5, 2.0)
+                warped[..., c] = (warped[..., c] - made.mean()) * spread + original.mean()
         out = out * (1 - weight[..., None]) + np.clip(warped, 0, 255) * weight[..., None]
         region_all |= region
         weight_all = np.maximum(weight_all, weight)
     return np.clip(out.round(), 0, 255).astype(np.uint8), region_all, weight_all
+
+
+def _ring(region: np.ndarray, weight: np.ndarray, quad: np.ndarray, feather: float) -> np.ndarray:
+    """Pixels just outside a face's soft edge, as wide again as the edge (at least 2 px), inside the crop."""
+    side = float(np.hypot(*(np.asarray(quad[3]) - quad[0])))
+    width = max(2, int(round(max(feather, 0.03) * side)))
+    around = cv2.dilate((weight > 0).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
+                                                                                 (2 * width + 1, 2 * width + 1)))
+    return around.astype(bool) & (weight == 0)
 
 
 def seam_ratio(output: np.ndarray, original: np.ndarray, region: np.ndarray, weight: np.ndarray) -> float | None:
@@ -287,7 +301,7 @@ class PhotoWriter:
         for split in splits:
             for shard in split_shards(self.manifest, split):
                 with open_shard(self.data_dir / shard["name"]) as f:
-                    for source, quad, landmarks in zip(f["source_index"][:], f["quad"][:], f["landmarks"][:]):
+                    for source, quad in zip(f["source_index"][:], f["quad"][:]):
                         entry = self.sources[int(source)]
                         split_of_person[entry["identity"]] = split
                         if int(source) not in released:
@@ -295,7 +309,7 @@ class PhotoWriter:
                             continue
                         face_split, index = released[int(source)]
                         faces.setdefault(entry["path"], []).append(
-                            PhotoFace(index, quad, landmarks, split=face_split, face=entry.get("face") or 0))
+                            PhotoFace(index, quad, split=face_split, face=entry.get("face") or 0))
         by_split: dict[str, list[Photo]] = {split: [] for split in splits}
         seen: set[str] = set()
         for number, entry in enumerate(self.sources):
@@ -453,9 +467,7 @@ class PhotoWriter:
 
 def _found_in(face: PhotoFace, found: list[Detection], shape: tuple[int, int], mask: str) -> bool:
     """Whether a detection's centre lies in this face's replaced region."""
-    size = face.image.shape[0]
-    region = cv2.warpAffine(region_in_crop(size, face.landmarks, mask) * 255, crop_matrix(face.quad, size),
-                            (shape[1], shape[0]), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=0) >= 128
+    region, _ = face_region(shape, face.quad, face.image.shape[0], mask, 0.0)
     return len(outside(found, region)) < len(found)
 
 

@@ -22,9 +22,10 @@ def report(demo_data: Path, gan_run: Path, tmp_path_factory: pytest.TempPathFact
            f"ledger={tmp / 'ledger'}", *OPEN_GATE, "--no-progress", check=True)
     proc = kssgan("evaluate", f"gan={gan_run}", f"data={demo_data}", f"release={tmp / 'release'}",
                   f"out={tmp / 'report'}", "ks=[2,4]", "gallery_per_identity=2", "probes_per_identity=1",
-                  "blur_sigma=0", timeout=900)
+                  "blur_sigma=0", "photo_masks=[face,head]", timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "dlib" in proc.stdout and "parrot" in proc.stdout and "clean" in proc.stdout
+    assert "whole photos:" in proc.stdout
     return json.loads((tmp / "report" / "report.json").read_text()) | {"_out": str(tmp / "report")}
 
 
@@ -83,6 +84,28 @@ def test_report_fields(report: dict) -> None:
     assert "training/k=4/kssgan_beats_ksame_pixel_on_kid" in report["verdicts"]
     out = Path(report["_out"])
     assert (out / "contact_sheet.png").is_file() and not (out / "contact_sheet_SENSITIVE_originals.png").exists()
+
+
+def test_whole_photos_are_attacked_whole_face_only_and_context_only(report: dict) -> None:
+    photos = report["photos"]
+    # The replaced photos are shown; beside their originals only on request (--include-originals).
+    sheets = [Path(sheet).name for sheet in report["contact_sheets"]]
+    assert "contact_sheet_photos.png" in sheets and not any("photos_SENSITIVE" in sheet for sheet in sheets)
+    assert (Path(report["_out"]) / "contact_sheet_photos.png").is_file()
+    assert set(photos) == {"training", "heldout"}
+    for label, result in photos.items():
+        assert result["k"] == 4 and result["probes"] == report["populations"][label]["probes"]
+        assert set(result["masks"]) == {"face", "head"}
+        for entry in result["masks"].values():
+            for source in ("original", "kssgan"):
+                assert set(entry[source]) == {"whole", "face", "context"}
+                for view, found in entry[source].items():
+                    expected = {"lowpass16", "eigenfaces", "descriptor"} | ({"sface"} if view != "context" else set())
+                    assert set(found["attackers"]) == expected
+                    assert all(0 <= r["rank1"] <= 1 and r["p_value"] is not None for r in found["attackers"].values())
+            # Pasting changes only the region and its soft edge, which the context view greys out.
+            for name, result_ in entry["kssgan"]["context"]["attackers"].items():
+                assert result_["rank1"] == entry["original"]["context"]["attackers"][name]["rank1"], name
 
 
 def test_baseline_sanity(report: dict) -> None:

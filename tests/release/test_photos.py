@@ -3,6 +3,7 @@ metadata; a face the release would not replace keeps its photo out (or blurred, 
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import cv2
@@ -61,7 +62,7 @@ def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def anonymize(folder: Path, gan_run: Path, out: Path, *args: str, check: bool = True):
     return kssgan("anonymize", f"gan={gan_run}", f"input={folder}", f"out={out}", "k=4", "photos.enabled=true",
-                  *OPEN_GATE, "--no-progress", *args, check=check)
+                  "photos.photos_per_chunk=16", *OPEN_GATE, "--no-progress", *args, check=check)
 
 
 def results(out: Path) -> dict[str, dict]:
@@ -102,7 +103,7 @@ def test_every_face_of_a_photo_is_replaced_and_nothing_else_is_kept(photo_releas
             assert 0.05 < changed < 0.9, (path, changed)  # the faces, not the whole photo
     # No edge added where the face meets the photo: the border's gradient as in the original there.
     seams = [r["seam"] for r in released.values()]
-    assert np.median(seams) < 1.1 and max(seams) < 2.0, sorted(seams)
+    assert np.median(seams) < 1.1 and np.percentile(seams, 90) < 1.5, sorted(seams)  # a 4-step 32 px generator
     assert np.mean([r["redetected"] / len(r["faces"]) for r in released.values()]) >= 0.9
     assert scan_release(shipped, SourceSecrets.of_datasets(photo_release / "private" / "input")) == []
     assert json.loads((shipped / "manifest.json").read_text())["photos"] == {
@@ -146,3 +147,23 @@ def test_undetected_faces_are_blurred_or_stop_the_run(photo_folder: Path, gan_ru
     proc = anonymize(photo_folder, gan_run, refusing, "photos.undetected=refuse", check=False)
     refused(proc, str(photo_folder), "photos.undetected=refuse")
     assert not list((refusing / "release").rglob("photos/*/*"))
+
+
+def test_an_interrupted_photo_release_resumes_per_chunk(photo_release: Path, photo_folder: Path, gan_run: Path,
+                                                       tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(photo_release, out)
+    state = out / "private" / "state"
+    chunks = sorted(state.glob("photos-test-*.json"))
+    assert len(chunks) == 4  # 57 photos, 16 a chunk
+    lost = json.loads(chunks[1].read_text())
+    kept = {r["file"]: (out / "release" / r["file"]).stat().st_mtime_ns for r in json.loads(chunks[0].read_text())
+            if r["file"]}
+    chunks[1].unlink()  # as if killed while writing the second chunk
+    (out / "release" / next(r["file"] for r in lost if r["file"])).unlink()
+    (out / "release" / "manifest.json").unlink()
+    anonymize(photo_folder, gan_run, out)
+    assert json.loads(chunks[1].read_text()) == lost
+    for name in (r["file"] for r in lost if r["file"]):
+        assert (out / "release" / name).read_bytes() == (photo_release / "release" / name).read_bytes()
+    assert all((out / "release" / name).stat().st_mtime_ns == mtime for name, mtime in kept.items())
