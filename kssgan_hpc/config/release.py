@@ -29,8 +29,9 @@ class PhotoConfig:
     input: str | None = None
     """The folder of the photos the dataset was prepped from (not needed with the demo or with
     anonymize's `input`, which it is then)."""
-    mask: Literal["face", "head"] = "face"
-    """The region replaced: the face (brows to chin, cheek to cheek) or the head (hair and ears too)."""
+    mask: Literal["face", "head"] = "head"
+    """The region replaced: the head (hair and ears too; the default) or the face only (brows to chin,
+    cheek to cheek: it leaves the jaw line and hairline, which SFace read at 2x 1/k on the demo)."""
     undetected: Literal["withhold", "blur", "refuse"] = "withhold"
     """A photo holding a face the release did not replace (found by the second detector pass, or no face
     found at all): withhold it (listed in out/private/photos.jsonl), blur that face's region, or refuse

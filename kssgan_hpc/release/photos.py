@@ -148,16 +148,16 @@ def paste_faces(photo: np.ndarray, faces: list[PhotoFace], mask: str,
         warped = cv2.warpAffine(generated, crop_matrix(face.quad, size), (width, height),
                                 flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
                                 borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-        # The photo's local brightness and contrast, per channel, taken from a ring around the soft edge
+        # The photo's local brightness and colour, and its contrast, taken from a ring around the soft edge
         # (what the photo shows anyway) in the photo and in the pasted crop alike: matching to the
         # replaced face's own pixels carried its skin tone and lighting into the release (the face-only
         # attack read them).
         ring = _ring(region, weight, face.quad, feather)
         if ring.sum() >= 16:
-            for c in range(3):
-                original, made = out[..., c][ring], warped[..., c][ring]
-                spread = np.clip(original.std() / max(made.std(), 1e-3), 0.5, 2.0)
-                warped[..., c] = (warped[..., c] - made.mean()) * spread + original.mean()
+            # One contrast gain for all channels (per channel, small colour casts were amplified into tints).
+            original, made = out[ring], warped[ring]
+            gain = np.clip(original.mean(-1).std() / max(made.mean(-1).std(), 1e-3), 0.67, 1.5)
+            warped = (warped - made.mean(0)) * gain + original.mean(0)
         out = out * (1 - weight[..., None]) + np.clip(warped, 0, 255) * weight[..., None]
         region_all |= region
         weight_all = np.maximum(weight_all, weight)

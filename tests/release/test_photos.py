@@ -99,15 +99,17 @@ def test_every_face_of_a_photo_is_replaced_and_nothing_else_is_kept(photo_releas
             pixels = np.asarray(photo.convert("RGB"), np.int16)
             # As prep reads it: orientation applied, alpha on white, CMYK to RGB.
             before = decode_image((photo_folder / path).read_bytes(), min_size=1, max_pixels=10**8)[0].astype(np.int16)
-            changed = (np.abs(pixels - before).max(-1) > 8).mean()
-            assert 0.05 < changed < 0.9, (path, changed)  # the faces, not the whole photo
+            changed = np.abs(pixels - before).max(-1) > 8
+            assert changed.mean() > 0.05, path
+            if not path.endswith(".pgm"):  # a face on a wider scene: the scene is kept (the head mask
+                assert changed.mean() < 0.6 and not changed[:4, :4].any(), path  # covers most of an ORL photo)
     # No edge added where the face meets the photo: the border's gradient as in the original there.
     seams = [r["seam"] for r in released.values()]
     assert np.median(seams) < 1.1 and np.percentile(seams, 90) < 1.5, sorted(seams)  # a 4-step 32 px generator
     assert np.mean([r["redetected"] / len(r["faces"]) for r in released.values()]) >= 0.9
     assert scan_release(shipped, SourceSecrets.of_datasets(photo_release / "private" / "input")) == []
     assert json.loads((shipped / "manifest.json").read_text())["photos"] == {
-        "mask": "face", "undetected": "withhold", "photos": {"test": len(released)}}
+        "mask": "head", "undetected": "withhold", "photos": {"test": len(released)}}
 
 
 def test_two_people_in_one_photo_are_each_their_own_cluster(photo_release: Path) -> None:
