@@ -54,7 +54,8 @@ class FaceDetector:
         cv2.setNumThreads(1)
         self.score_threshold = score_threshold
         self.min_side = min_side
-        self._net = cv2.FaceDetectorYN.create(str(yunet_model_path()), "", (320, 320), score_threshold, 0.3, 50)
+        # top_k: candidates kept per run before NMS (YuNet's default, 5000: a crowd keeps every face).
+        self._net = cv2.FaceDetectorYN.create(str(yunet_model_path()), "", (320, 320), score_threshold, 0.3, 5000)
 
     def _run(self, rgb: np.ndarray, scale: float) -> list[Detection]:
         height, width = rgb.shape[:2]

@@ -42,6 +42,8 @@ from kssgan_hpc.files import atomic_write_json
 
 log = logging.getLogger(__name__)
 FACES_NAME = "faces.json"
+PUTATIVE = "~person-"
+"""The name prefix of a person grouped from faces (no folder named them)."""
 SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
 
 
@@ -86,7 +88,10 @@ def _faces_of(path: str) -> dict[str, Any]:
 
 def _fingerprint(listing: SourceListing, cfg: PrepConfig) -> str:
     settings = {**asdict(cfg.align), "min_size": cfg.min_size, "max_pixels": cfg.max_pixels}
-    entries = [[r.path, r.identity, r.skip] for r in listing.records]
+    entries = []
+    for r in listing.records:  # a photo replaced under the same name is looked at again
+        stat = (listing.root / r.path).stat() if (listing.root / r.path).is_file() else None
+        entries.append([r.path, r.identity, r.skip, stat.st_size if stat else -1, stat.st_mtime_ns if stat else -1])
     return hashlib.sha256(json.dumps([settings, entries], sort_keys=True).encode()).hexdigest()
 
 
@@ -116,7 +121,7 @@ def group_people(identities: list[str], embeddings: np.ndarray, primary: np.ndar
         if best is not None and alike[best] >= threshold:
             name = best
         else:
-            name, unnamed = f"~person-{unnamed:04d}", unnamed + 1
+            name, unnamed = f"{PUTATIVE}{unnamed:04d}", unnamed + 1
         for i in members:
             names[i] = name
     return names
@@ -138,7 +143,7 @@ def expand_faces(listing: SourceListing, cfg: PrepConfig, state: Path, workers: 
     per_photo = dict(zip(todo, tqdm(found, total=len(todo), desc="find faces", disable=not progress)))
     faces = [(i, j, face) for i in todo for j, face in enumerate(per_photo[i].get("faces", []))]
     identities = [listing.records[i].identity for i, _, _ in faces]
-    embeddings = np.array([face["embedding"] for _, _, face in faces]).reshape(len(faces), -1)
+    embeddings = (np.array([face["embedding"] for _, _, face in faces]) if faces else np.zeros((0, 128)))
     primary = _primary_faces(listing, faces, embeddings)
     people = group_people(identities, embeddings, primary, cfg.align.same_person)
     records: list[SourceRecord] = []

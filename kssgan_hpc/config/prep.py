@@ -62,9 +62,9 @@ class AlignConfig:
             raise ConfigError(f"align.detector_min_side={self.detector_min_side} is invalid; use >= 32")
         if not -1.0 <= self.same_person <= 1.0:
             raise ConfigError(f"align.same_person={self.same_person} is invalid; use a cosine in [-1, 1]")
-        if self.faces == "all" and self.method not in ("auto", "detector"):
-            raise ConfigError(f"align.faces=all finds faces with the detector; align.method={self.method!r} "
-                              "cannot be used with it")
+        if self.faces == "all" and self.method != "auto":
+            raise ConfigError(f"align.faces=all finds every face with the detector and aligns each on its own "
+                              f"landmarks; align.method={self.method!r} cannot be used with it (leave it auto)")
         if not 0.25 <= self.crop_scale <= 4.0:
             raise ConfigError(f"align.crop_scale={self.crop_scale} is invalid; use 0.25..4")
 

@@ -39,7 +39,7 @@ class PhotoConfig:
     check_score: float = 0.5
     """Threshold of the second detector pass (on each photo and on each output); prep detects at 0.6."""
     check_min_side: int = 320
-    """That pass runs YuNet with the photo's short side at this size (prep: 256) and twice it."""
+    """That pass runs YuNet with the photo's short side at 1.5x and 3x this size (prep: 256, at 1x and 2x)."""
     feather: float = 0.06
     """Width of the mask's soft edge, as a share of the face crop's side (the edge lies outside the region)."""
     photos_per_chunk: int = 64

@@ -18,6 +18,7 @@ the face cannot remove: the threat model says so.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 from kssgan_hpc.attack.attackers import Eigenfaces, Gallery, LowPass, run_attack, worst
 from kssgan_hpc.attack.population import Population
 from kssgan_hpc.data.shards import SOURCES_NAME, open_shard
+from kssgan_hpc.errors import InputError
 from kssgan_hpc.release.photos import PhotoFace, face_region, paste_faces, photo_root
 
 log = logging.getLogger(__name__)
@@ -82,12 +84,18 @@ class PhotoGeometry:
             self.quads, self.sources = self.quads[data.rows], self.sources[data.rows]
         self.root = photo_root(data.manifest, folder)
         lines = (Path(data.paths[0]).parent / SOURCES_NAME).read_text().splitlines()
-        self.paths = [json.loads(line)["path"] for line in lines if line.strip()]
+        self.entries = [json.loads(line) for line in lines if line.strip()]
 
     def photo(self, row: int) -> np.ndarray:
+        """The source photo of a split row, checked against the sha256 prep recorded."""
         from data_prep.decode import decode_image
 
-        data = (self.root / self.paths[int(self.sources[row])]).read_bytes()
+        entry = self.entries[int(self.sources[row])]
+        path = self.root / entry["path"]
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise InputError(f"{path}: changed since prep (sha256 differs); the photo attack needs the photos "
+                             "the dataset was made from")
         return decode_image(data, min_size=1, max_pixels=1 << 62)[0]
 
 

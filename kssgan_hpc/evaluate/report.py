@@ -319,9 +319,11 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         for label, (pop, _) in evaluation.populations.items():
             photos[label], whole = photo_attacks(pop, outputs[label][f"kssgan@{k}"]["probes"], k, attackers,
                                                  cfg.photo_masks, cfg.photos_input, cfg.photo_feather)
-        photo_sheets = _photo_sheets(cfg, out, whole, outputs["heldout"][f"kssgan@{k}"]["clusters"])
+        photo_sheets, photos_withheld = _photo_sheets(cfg, out, whole, outputs["heldout"][f"kssgan@{k}"]["clusters"],
+                                                      photos["heldout"])
     sheets, withheld = _sheets(cfg, out, populations["heldout"], outputs["heldout"])
     sheets += photo_sheets
+    withheld += photos_withheld
     report = {"created_by": f"kssgan-hpc {__version__}", "date": time.strftime("%Y-%m-%d"),
               "generator": str(weights), "resolution": generator.cfg.resolution,
               "attackers": {name: a.name for name, a in attackers.items()}, "tolerance": cfg.tolerance,
@@ -333,17 +335,28 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     return report
 
 
-def _photo_sheets(cfg: EvaluateConfig, out: Path, whole: dict[str, np.ndarray], clusters: np.ndarray) -> list[str]:
-    """The held-out people's photos with their faces replaced, per mask; beside the originals only in
-    the SENSITIVE sheet (include_originals)."""
-    rows = [(f"kSS-GAN photo, mask={mask}", whole[mask]) for mask in cfg.photo_masks]
-    _contact_sheet(out / "contact_sheet_photos.png", rows, clusters)
+def _photo_sheets(cfg: EvaluateConfig, out: Path, whole: dict[str, np.ndarray], clusters: np.ndarray,
+                  measured: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The held-out people's photos with their faces replaced, per mask, under the faces' rule: a row
+    whose whole photos an attacker re-identifies above 1/k + SHEET_MARGIN is withheld (grey). All rows,
+    beside the originals, only in the SENSITIVE sheet (include_originals)."""
+    rows, safe_rows, withheld = [], [], []
+    for mask in cfg.photo_masks:
+        label, images = f"kSS-GAN photo, mask={mask}", whole[mask]
+        rows.append((label, images))
+        worst = measured["masks"][mask]["kssgan"]["whole"]["worst"]
+        if worst["rank1"] > measured["k_bound"] + SHEET_MARGIN:
+            withheld.append({"method": f"photos, mask={mask}", "rank1": worst["rank1"], "attacker": worst["attacker"]})
+            safe_rows.append((f"{label}: WITHHELD", np.full_like(images, 128)))
+        else:
+            safe_rows.append((label, images))
+    _contact_sheet(out / "contact_sheet_photos.png", safe_rows, clusters)
     written = [str(out / "contact_sheet_photos.png")]
     if cfg.include_originals:
         _contact_sheet(out / "contact_sheet_photos_SENSITIVE_originals.png", [("original", whole["original"]), *rows],
                        clusters)
         written.append(str(out / "contact_sheet_photos_SENSITIVE_originals.png"))
-    return written
+    return written, withheld
 
 
 def sheet_k(cfg: EvaluateConfig) -> int:

@@ -204,7 +204,7 @@ def anonymize(cfg: AnonymizeConfig, progress: bool = True) -> Path:
         if cfg.photos.enabled:  # every photo of the released people, its faces replaced in place
             photo_cfg = dataclasses.replace(cfg.photos, input=cfg.input or cfg.photos.input)
             writer = PhotoWriter(photo_cfg, data_dir, release, private, settings["secret_seed"],
-                                 cfg.images_per_shard, env.rank, env.world_size)
+                                 cfg.images_per_shard, env.rank, env.world_size, device)
             writer.write(splits)
             barrier()
             photos = writer.summary(splits) if env.rank == 0 else None

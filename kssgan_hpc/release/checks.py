@@ -19,8 +19,11 @@ MANIFEST_KEYS = {"format_version", "kind", "created_by", "resolution", "channels
                  "deidentification", "gate", "images", "identities", "splits", "shards", "vocab", "photos"}
 SHARD_DATASETS = {"images", "identity", "expression", "pose", "gaze", "attributes"}
 PHOTO_SUFFIXES = (".jpg", ".png", ".pgm", ".ppm", ".bmp", ".tif", ".webp")
-FORMAT_INFO = {"jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi", "compression", "loop", "background"}
+FORMAT_INFO = {"jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi", "compression", "loop", "background",
+               "resolution"}
 """What PIL reads from a file it wrote itself with no metadata (format headers, not metadata)."""
+TIFF_STRUCTURE = {256, 257, 258, 259, 262, 273, 277, 278, 279, 282, 283, 284, 296, 317, 338, 339}
+"""Baseline TIFF tags that describe the pixels (size, samples, strips, compression, resolution)."""
 
 
 def check_release_clusters(private: str | Path, k: int | None = None) -> dict:
@@ -166,8 +169,10 @@ def scan_release(release: str | Path, secrets: SourceSecrets | None = None) -> l
         elif path.suffix == ".png" or (rel.parts[0] == "photos" and path.suffix in PHOTO_SUFFIXES):
             with Image.open(path) as image:
                 carried = sorted(set(image.info) - FORMAT_INFO)
-                if carried or image.getexif():
-                    problems.append(f"{path}: carries metadata {carried or ['exif']}")
+                # A TIFF's own structure is tags too: only tags beyond it are metadata.
+                tags = sorted(set(image.getexif()) - (TIFF_STRUCTURE if image.format == "TIFF" else set()))
+                if carried or tags:
+                    problems.append(f"{path}: carries metadata {carried or ['exif tags ' + str(tags)]}")
         elif path.name != "manifest.json":
             problems.append(f"{rel}: a file that does not belong in a release")
     if pattern is not None:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from data_prep.faces import PUTATIVE
 from kssgan_hpc.config.release import AnonymizeConfig, WithdrawConfig
 from kssgan_hpc.data.dataset import FaceShards
 from kssgan_hpc.data.shards import SOURCES_NAME
@@ -272,6 +273,15 @@ def plan_split(ledger: Ledger, cfg: AnonymizeConfig, siamese: torch.nn.Module, d
 
 def check_plans(ledger: Ledger, plans: list[SplitPlan], k: int, exclude: str | None) -> None:
     """The invariant over the whole release (all its splits), before anything is written."""
+    putative = sorted({name for plan in plans for people in plan.people for name in people
+                       if name.startswith(PUTATIVE)})
+    earlier = [r["id"] for r in ledger.releases if r["id"] != exclude]
+    if putative and earlier:
+        # Groups of faces are numbered anew by every prep: ~person-0003 now need not be ~person-0003 then.
+        raise InputError(f"{ledger.path}: {len(putative)} people of this release were grouped from their faces "
+                         f"({putative[0]}, ...), which prep names anew each time, so the ledger cannot follow them "
+                         f"from release {earlier[-1]} to this one; give this release a ledger of its own (ledger=...) "
+                         "or name its people with identity folders")
     found = ledger.breaches([(p, m) for plan in plans for p, m in zip(plan.people, plan.merged)], k, exclude)
     if found:
         shown = "; ".join(found[:8]) + (f"; and {len(found) - 8} more" if len(found) > 8 else "")
@@ -318,6 +328,10 @@ def withdraw(cfg: WithdrawConfig) -> list[dict[str, Any]]:
     with ledger_lock(folder, "a release or a withdrawal"):
         ledger = Ledger(folder)
         released = {name for r in ledger.releases for c in r["clusters"] for name in c["people"]}
+        putative = [name for name in cfg.people if name.startswith(PUTATIVE)]
+        if putative:
+            raise InputError(f"{ledger.path}: {putative[0]} was grouped from faces, not named by the data: remove "
+                             "that person's photos from the input and release it again with a new ledger")
         unknown = sorted(set(cfg.people) - released - ledger.withdrawn)
         if unknown:
             raise InputError(f"{ledger.path}: {', '.join(unknown)} appear in no release of this ledger")

@@ -3,14 +3,16 @@
 After `anonymize` has written a release of aligned faces, each photo of the released people is read
 again (checked against the sha256 prep recorded) and each of its released faces is warped back
 through the inverse of its crop's similarity transform (the quad prep stored) and blended in with a
-soft mask: `mask=face` (brows to chin, cheek to cheek) or `mask=head` (hair and ears too), in the
-crop's frame, the soft edge lying outside the region so that none of the original face shows through.
-The pasted face is matched to the replaced region's brightness and contrast per channel. The photo is
-written at its own size and format, orientation applied, with no metadata (EXIF, ICC, comments).
+soft mask: `mask=head` (hair and ears too) or `mask=face` (brows to chin, cheek to cheek), one
+ellipse in the crop's frame, the soft edge lying outside the region so that none of the original face
+shows through. The pasted face takes the photo's brightness, colour and contrast from a ring around
+the edge. The photo is written at its own size and format, orientation applied, with no metadata
+(EXIF, ICC, comments).
 
 A face the release does not replace is an unprotected face in a published photo. A second detector
 pass (YuNet at another scale and a lower threshold, `photos.check_*`) looks at each photo for faces
-outside the replaced regions, and at each output for any face outside them; `photos.undetected`
+outside the replaced regions, and at each output for any face outside them (a face counts as
+replaced only when its centre and all five landmarks lie inside a replaced region); `photos.undetected`
 decides: withhold the photo (the default), blur that face's region, or refuse the run before any
 photo is written. A photo in which prep found no face at all is withheld under every policy but
 refuse (no region to blur). Withheld photos are listed, with the reason, in private/photos.jsonl.
@@ -34,7 +36,6 @@ import cv2
 import h5py
 import numpy as np
 import torch
-import torch.distributed as dist
 from PIL import Image
 
 from data_prep.align import Detection, FaceDetector
@@ -42,6 +43,7 @@ from data_prep.decode import SkipImage, decode_image
 from data_prep.sources import list_source
 from kssgan_hpc.config.release import PhotoConfig
 from kssgan_hpc.data.shards import SOURCES_NAME, load_manifest, open_shard, sha256_file, split_shards
+from kssgan_hpc.distributed import all_reduce
 from kssgan_hpc.errors import InputError
 from kssgan_hpc.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -165,7 +167,7 @@ def paste_faces(photo: np.ndarray, faces: list[PhotoFace], mask: str,
 
 
 def _ring(region: np.ndarray, weight: np.ndarray, quad: np.ndarray, feather: float) -> np.ndarray:
-    """Pixels just outside a face's soft edge, as wide again as the edge (at least 2 px), inside the crop."""
+    """Pixels just outside a face's soft edge, as wide again as the edge (at least 2 px)."""
     side = float(np.hypot(*(np.asarray(quad[3]) - quad[0])))
     width = max(2, int(round(max(feather, 0.03) * side)))
     around = cv2.dilate((weight > 0).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
@@ -208,12 +210,15 @@ def blur_region(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def outside(detections: list[Detection], covered: np.ndarray) -> list[Detection]:
-    """The detections whose centre is not in `covered` (bool [H, W])."""
+    """The detections not wholly in `covered` (bool [H, W]): the centre or any of the five landmarks
+    outside it (a neighbour's face half inside a head's region is not covered)."""
     height, width = covered.shape
     found = []
     for face in detections:
-        x, y = np.clip(face.center, 0, [width - 1, height - 1]).astype(int)
-        if not covered[y, x]:
+        points = np.vstack([face.center, face.landmarks])
+        inside = (points >= 0).all(1) & (points[:, 0] < width) & (points[:, 1] < height)
+        x, y = np.clip(points, 0, [width - 1, height - 1]).astype(int).T
+        if not (inside & covered[y, x]).all():
             found.append(face)
     return found
 
@@ -253,7 +258,7 @@ class Photo:
     sha256: str | None
     faces: list[PhotoFace]
     skipped: str | None = None
-    """Why prep did not take a face from it (None: it did)."""
+    """Why it cannot be released: prep took no face from it, or a face of it is not in this release."""
 
 
 def photo_root(manifest: dict[str, Any], folder: str | None) -> Path:
@@ -270,9 +275,10 @@ class PhotoWriter:
     """Writes the photos of a release's splits (see the module's doc)."""
 
     def __init__(self, cfg: PhotoConfig, data_dir: Path, release: Path, private: Path, secret: int,
-                 images_per_shard: int, rank: int = 0, world_size: int = 1) -> None:
+                 images_per_shard: int, rank: int = 0, world_size: int = 1, device: torch.device | None = None) -> None:
         self.cfg, self.data_dir, self.release, self.private = cfg, Path(data_dir), release, private
         self.secret, self.images_per_shard, self.rank, self.world_size = secret, images_per_shard, rank, world_size
+        self.device = device  # of collectives (NCCL reduces on the GPU only)
         manifest = load_manifest(self.data_dir)
         config = manifest.get("config", {})
         self.root = photo_root(manifest, cfg.input)
@@ -287,8 +293,8 @@ class PhotoWriter:
     def photos(self, splits: list[str]) -> dict[str, list[Photo]]:
         """Per split, its photos in source order: each photo with a released face goes to the split of its
         first face (a photo's faces may be people of several splits); a photo prep took no face from goes
-        to its person's split (to the first split when nobody is named). A photo with a face of someone
-        who withdrew is left out altogether."""
+        to its person's split (to the first split when nobody is named). A photo holding a face this
+        release does not (a person of another split, or who withdrew) is withheld, listed with the reason."""
         released: dict[int, tuple[str, int]] = {}  # data source line -> (split, release index)
         for path in sorted((self.private / "state").glob("*.h5.mapping.jsonl")):
             for line in path.read_text().splitlines():
@@ -296,7 +302,6 @@ class PhotoWriter:
                 if entry["source_index"] is not None and entry["split"] in splits:
                     released[int(entry["source_index"])] = (entry["split"], int(entry["release_index"]))
         faces: dict[str, list[PhotoFace]] = {}
-        withdrawn: set[str] = set()
         split_of_person: dict[str, str] = {}
         for split in splits:
             for shard in split_shards(self.manifest, split):
@@ -304,27 +309,31 @@ class PhotoWriter:
                     for source, quad in zip(f["source_index"][:], f["quad"][:]):
                         entry = self.sources[int(source)]
                         split_of_person[entry["identity"]] = split
-                        if int(source) not in released:
-                            withdrawn.add(entry["path"])  # a person who left: none of their photos
-                            continue
-                        face_split, index = released[int(source)]
-                        faces.setdefault(entry["path"], []).append(
-                            PhotoFace(index, quad, split=face_split, face=entry.get("face") or 0))
-        by_split: dict[str, list[Photo]] = {split: [] for split in splits}
-        seen: set[str] = set()
+                        if int(source) in released:
+                            face_split, index = released[int(source)]
+                            faces.setdefault(entry["path"], []).append(
+                                PhotoFace(index, quad, split=face_split, face=entry.get("face") or 0))
+        lines_of: dict[str, list[int]] = {}
         for number, entry in enumerate(self.sources):
-            path = entry["path"]
-            if path in seen or path in withdrawn:
-                continue
+            lines_of.setdefault(entry["path"], []).append(number)
+        by_split: dict[str, list[Photo]] = {split: [] for split in splits}
+        for path, lines in lines_of.items():
+            first, entry = lines[0], self.sources[lines[0]]
+            # Every face prep took from the photo must be one this release replaces.
+            missing = [n for n in lines if n not in self.skipped and n not in released]
             if path in faces:
                 photo_faces = sorted(faces[path], key=lambda f: f.face)
-                by_split[photo_faces[0].split].append(Photo(number, path, entry["sha256"], photo_faces))
-            elif number in self.skipped and (entry["identity"] in split_of_person or not entry["identity"]):
+                photo = Photo(first, path, entry["sha256"], photo_faces)
+                if missing:
+                    photo.skipped = (f"{len(missing)} of its faces belong to people this release does not hold "
+                                     "(another split, or withdrawn)")
+                by_split[photo_faces[0].split].append(photo)
+            elif not missing and all(n in self.skipped for n in lines) and (
+                    entry["identity"] in split_of_person or not entry["identity"]):
                 split = split_of_person.get(entry["identity"], splits[0])
-                by_split[split].append(Photo(number, path, entry["sha256"], [], self.skipped[number]))
-            else:
-                continue
-            seen.add(path)
+                by_split[split].append(Photo(first, path, entry["sha256"], [], self.skipped[first]))
+        for photos in by_split.values():
+            photos.sort(key=lambda photo: photo.source)
         return by_split
 
     def _released_faces(self, photos: list[Photo]) -> None:
@@ -359,8 +368,10 @@ class PhotoWriter:
         result = PhotoResult(split=split, source=photo.source, path=photo.path, status="withheld",
                              faces=[{"split": f.split, "release_index": f.release_index, "face": f.face}
                                     for f in photo.faces])
+        for stale in folder.glob(f"{number:07d}.*"):  # an earlier attempt's file, whatever becomes of it now
+            stale.unlink()
         if photo.skipped is not None:
-            result.reason = f"prep took no face from it: {photo.skipped}"
+            result.reason = photo.skipped if photo.faces else f"prep took no face from it: {photo.skipped}"
             return result
         try:
             rgb, source_format, grey = self._read(photo)
@@ -403,23 +414,21 @@ class PhotoWriter:
         problems = []
         for photo in photos:
             if photo.skipped is not None:
-                if photo.skipped.startswith("no face"):
+                if photo.skipped.startswith("no face") or photo.faces:
                     problems.append((photo.path, photo.skipped))
                 continue
             try:
                 rgb, _, _ = self._read(photo)
             except SkipImage:
                 continue  # withheld as unreadable, not a face left out
-            self._released_faces([photo])
-            _, region, _ = paste_faces(rgb, photo.faces, self.cfg.mask, self.cfg.feather)
+            size = int(self.manifest["resolution"])
+            region = np.zeros(rgb.shape[:2], bool)
+            for face in photo.faces:
+                region |= face_region(rgb.shape[:2], face.quad, size, self.cfg.mask, self.cfg.feather)[0]
             missed = outside(self.checker.detect(rgb, CHECK_UPSCALES), region)
             if missed:
                 problems.append((photo.path, f"{len(missed)} face(s) the release would not replace"))
-        count = len(problems)
-        if dist.is_initialized():
-            total = torch.tensor([count])
-            dist.all_reduce(total)
-            count = int(total.item())
+        count = int(all_reduce({"count": len(problems)}, op="sum", device=self.device)["count"])
         if count:
             path, problem = problems[0] if problems else ("", "faces left out on another rank")
             raise InputError(f"{self.root / path}: {problem}; {count} photo(s) of split '{split}' hold a face the "
@@ -427,16 +436,25 @@ class PhotoWriter:
 
     # -- a split
     def write(self, splits: list[str]) -> None:
-        for split_number, (split, photos) in enumerate(self.photos(splits).items()):
+        by_split = self.photos(splits)
+        if self.cfg.undetected == "refuse":  # every split looked at before any photo is written
+            for split, photos in by_split.items():
+                chunks = self._chunks(len(photos))
+                self.refuse_undetected(split, [photos[i] for c in self._mine(chunks) for i in chunks[c]])
+        for split_number, (split, photos) in enumerate(by_split.items()):
             self.write_split(split, split_number, photos)
+
+    def _chunks(self, count: int) -> list[list[int]]:
+        size = self.cfg.photos_per_chunk
+        return [list(range(i, min(i + size, count))) for i in range(0, count, size)]
+
+    def _mine(self, chunks: list[list[int]]) -> list[int]:
+        return [c for c in range(len(chunks)) if c % self.world_size == self.rank]
 
     def write_split(self, split: str, split_number: int, photos: list[Photo]) -> None:
         numbers = np.random.default_rng([self.secret, 1, split_number]).permutation(len(photos))
-        chunks = [list(range(i, min(i + self.cfg.photos_per_chunk, len(photos))))
-                  for i in range(0, len(photos), self.cfg.photos_per_chunk)]
-        mine = [c for c in range(len(chunks)) if c % self.world_size == self.rank]
-        if self.cfg.undetected == "refuse":
-            self.refuse_undetected(split, [photos[i] for c in mine for i in chunks[c]])
+        chunks = self._chunks(len(photos))
+        mine = self._mine(chunks)
         folder = self.release / "photos" / split
         folder.mkdir(parents=True, exist_ok=True)
         state = self.private / "state"
@@ -468,7 +486,9 @@ class PhotoWriter:
 def _found_in(face: PhotoFace, found: list[Detection], shape: tuple[int, int], mask: str) -> bool:
     """Whether a detection's centre lies in this face's replaced region."""
     region, _ = face_region(shape, face.quad, face.image.shape[0], mask, 0.0)
-    return len(outside(found, region)) < len(found)
+    height, width = shape
+    return any(region[int(np.clip(f.center[1], 0, height - 1)), int(np.clip(f.center[0], 0, width - 1))]
+               for f in found)
 
 
 def _chunk_done(record: Path, release: Path) -> bool:

@@ -58,7 +58,8 @@ def test_group_people_merges_rather_than_splits() -> None:
 
 @pytest.mark.parametrize("overrides, fragment", [
     (["source=photos"], "set align.faces=all"),
-    (["align.faces=all", "align.method=landmarks"], "finds faces with the detector"),
+    (["align.faces=all", "align.method=landmarks"], "finds every face with the detector"),
+    (["align.faces=all", "align.method=detector"], "leave it auto"),
     (["align.same_person=2"], "align.same_person=2"),
 ])
 def test_face_settings_are_checked(overrides: list[str], fragment: str) -> None:
