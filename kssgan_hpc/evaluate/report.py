@@ -313,7 +313,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                    "gate_reasons": None if gate is None else gate["generator"].get("reasons"),
                    "forbidden_fields": scan_release(shipped, secrets)}
 
-    photos, photo_sheets = None, []
+    photos, photo_sheets, photos_withheld = None, [], []
     if cfg.photo_masks:  # what the rest of the photo gives away, at the k of the sheets
         k, photos = sheet_k(cfg), {}
         for label, (pop, _) in evaluation.populations.items():
