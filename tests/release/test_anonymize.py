@@ -16,6 +16,10 @@ from kssgan_hpc.folders import MARKER
 from kssgan_hpc.release.checks import SourceSecrets, check_release_clusters, scan_release
 
 
+PHOTOS = ["photos.enabled=true", "photos.photos_per_chunk=64"]
+"""The release writes its photos too (360 of them: 6 chunks, so two ranks share them)."""
+
+
 def source_names(data: Path) -> SourceSecrets:
     return SourceSecrets.of_datasets(data)
 
@@ -24,7 +28,8 @@ def source_names(data: Path) -> SourceSecrets:
 def release(demo_data: Path, gan_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("release") / "out"
     kssgan("anonymize", f"gan={gan_run}", f"data={demo_data}", f"out={out}", "splits=[train,test]", "k=4",
-           "png=true", "images_per_shard=100", f"ledger={out.parent / 'ledger'}", *OPEN_GATE, "--no-progress", check=True)
+           "png=true", "images_per_shard=100", *PHOTOS, f"ledger={out.parent / 'ledger'}", *OPEN_GATE, "--no-progress",
+           check=True)
     return out
 
 
@@ -122,7 +127,7 @@ def test_interrupted_release_resumes_and_other_settings_are_refused(release: Pat
     kept_mtime = kept.stat().st_mtime_ns
     (out / "release" / "train-00002.h5").unlink()  # as if killed before this shard was written
     (out / "release" / "manifest.json").unlink()
-    args = [f"gan={gan_run}", f"data={demo_data}", f"out={out}", "splits=[train,test]", "k=4", "png=true",
+    args = [f"gan={gan_run}", f"data={demo_data}", f"out={out}", "splits=[train,test]", "k=4", "png=true", *PHOTOS,
             "images_per_shard=100", f"ledger={release.parent / 'ledger'}", *OPEN_GATE, "--no-progress"]
     kssgan("anonymize", *args, check=True)
     again = {r["name"]: r["sha256"] for r in json.loads((out / "release" / "manifest.json").read_text())["shards"]}
@@ -138,12 +143,15 @@ def test_two_ranks_write_the_same_release(release: Path, demo_data: Path, gan_ru
         shutil.copy(release / "private" / name, out / "private" / name)
     shutil.copy(release / MARKER, out / MARKER)  # and so a release folder
     torchrun("anonymize", f"gan={gan_run}", f"data={demo_data}", f"out={out}", "splits=[train,test]", "k=4",
-             "png=true", "images_per_shard=100", f"ledger={release.parent / 'ledger'}", *OPEN_GATE, "--no-progress",
-             tmp=tmp_path)
+             "png=true", "images_per_shard=100", *PHOTOS, f"ledger={release.parent / 'ledger'}", *OPEN_GATE,
+             "--no-progress", tmp=tmp_path)
     one = json.loads((release / "release" / "manifest.json").read_text())
     two = json.loads((out / "release" / "manifest.json").read_text())
     assert two["shards"] == one["shards"]  # same names, counts and sha256
     assert (out / "private" / "mapping.jsonl").read_text() == (release / "private" / "mapping.jsonl").read_text()
+    # The photos too: the ranks share the chunks, and every photo comes out as one process writes it.
+    assert (out / "private" / "photos.jsonl").read_text() == (release / "private" / "photos.jsonl").read_text()
+    assert two["photos"] == one["photos"] and sum(one["photos"]["photos"].values()) >= 300
 
 
 def released_identities(release: Path, split: str) -> np.ndarray:
