@@ -62,7 +62,6 @@ from kssgan_hpc.ksame.build import KSame
 from kssgan_hpc.ksame.clusters import TooFewPeople
 from kssgan_hpc.ksame.deidentify import CuePool, cue_pool, deidentify, draw_from_pools
 from kssgan_hpc.release.gate import gate_release, public_record
-from kssgan_hpc.release.photos import PhotoWriter, photo_root
 from kssgan_hpc.release.ledger import (
     Ledger,
     check_plans,
@@ -72,6 +71,7 @@ from kssgan_hpc.release.ledger import (
     record_release,
     source_names,
 )
+from kssgan_hpc.release.photos import PhotoWriter, photo_root
 
 log = logging.getLogger(__name__)
 
