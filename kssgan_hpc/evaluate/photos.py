@@ -18,7 +18,6 @@ the face cannot remove: the threat model says so.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -31,7 +30,7 @@ from kssgan_hpc.attack.attackers import Eigenfaces, Gallery, LowPass, run_attack
 from kssgan_hpc.attack.population import Population
 from kssgan_hpc.data.shards import SOURCES_NAME, open_shard
 from kssgan_hpc.errors import InputError
-from kssgan_hpc.release.photos import PhotoFace, face_region, paste_faces, photo_root
+from kssgan_hpc.release.photos import PhotoFace, face_region, paste_faces, photo_root, read_photo
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +87,14 @@ class PhotoGeometry:
 
     def photo(self, row: int) -> np.ndarray:
         """The source photo of a split row, checked against the sha256 prep recorded."""
-        from data_prep.decode import decode_image
+        from data_prep.decode import SkipImage
 
         entry = self.entries[int(self.sources[row])]
-        path = self.root / entry["path"]
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise InputError(f"{path}: changed since prep (sha256 differs); the photo attack needs the photos "
-                             "the dataset was made from")
-        return decode_image(data, min_size=1, max_pixels=1 << 62)[0]
+        try:
+            return read_photo(self.root / entry["path"], entry["sha256"], max_pixels=1 << 62)[0]
+        except SkipImage as reason:
+            raise InputError(f"{self.root / entry['path']}: {reason}; the photo attack needs the photos the "
+                             "dataset was made from") from None
 
 
 def _read(path: str, name: str) -> np.ndarray:

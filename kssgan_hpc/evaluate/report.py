@@ -337,26 +337,11 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
 
 def _photo_sheets(cfg: EvaluateConfig, out: Path, whole: dict[str, np.ndarray], clusters: np.ndarray,
                   measured: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
-    """The held-out people's photos with their faces replaced, per mask, under the faces' rule: a row
-    whose whole photos an attacker re-identifies above 1/k + SHEET_MARGIN is withheld (grey). All rows,
-    beside the originals, only in the SENSITIVE sheet (include_originals)."""
-    rows, safe_rows, withheld = [], [], []
-    for mask in cfg.photo_masks:
-        label, images = f"kSS-GAN photo, mask={mask}", whole[mask]
-        rows.append((label, images))
-        worst = measured["masks"][mask]["kssgan"]["whole"]["worst"]
-        if worst["rank1"] > measured["k_bound"] + SHEET_MARGIN:
-            withheld.append({"method": f"photos, mask={mask}", "rank1": worst["rank1"], "attacker": worst["attacker"]})
-            safe_rows.append((f"{label}: WITHHELD", np.full_like(images, 128)))
-        else:
-            safe_rows.append((label, images))
-    _contact_sheet(out / "contact_sheet_photos.png", safe_rows, clusters)
-    written = [str(out / "contact_sheet_photos.png")]
-    if cfg.include_originals:
-        _contact_sheet(out / "contact_sheet_photos_SENSITIVE_originals.png", [("original", whole["original"]), *rows],
-                       clusters)
-        written.append(str(out / "contact_sheet_photos_SENSITIVE_originals.png"))
-    return written, withheld
+    """The held-out people's photos with their faces replaced, per mask, under the faces' rule (the
+    whole photos' worst attacker)."""
+    shown = [(f"kSS-GAN photo, mask={mask}", f"photos, mask={mask}", whole[mask],
+              measured["masks"][mask]["kssgan"]["whole"]["worst"], measured["k_bound"]) for mask in cfg.photo_masks]
+    return _write_sheets(cfg, out, "contact_sheet_photos", shown, ("original", whole["original"]), clusters)
 
 
 def sheet_k(cfg: EvaluateConfig) -> int:
@@ -366,29 +351,35 @@ def sheet_k(cfg: EvaluateConfig) -> int:
 
 def _sheets(cfg: EvaluateConfig, out: Path, summary: dict[str, Any],
             methods: dict[str, dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
-    """The held-out people's contact sheet at the k nearest 4; rows an attacker re-identifies withheld."""
+    """The held-out people's contact sheet at the k nearest 4."""
     k = sheet_k(cfg)
-    shown = [("blur", "blur"), ("pixelate", "pixelate"), (f"k-Same-Pixel k={k}", f"ksame_pixel@{k}"),
-             (f"k-Same-Aligned k={k}", f"ksame_aligned@{k}"), (f"kSS-GAN k={k}", f"kssgan@{k}")]
+    labels = [("blur", "blur"), ("pixelate", "pixelate"), (f"k-Same-Pixel k={k}", f"ksame_pixel@{k}"),
+              (f"k-Same-Aligned k={k}", f"ksame_aligned@{k}"), (f"kSS-GAN k={k}", f"kssgan@{k}")]
+    shown = [(label, method, methods[method]["probes"], summary["methods"][method]["worst"],
+              1 / (methods[method]["k"] or min(cfg.ks))) for label, method in labels]
+    return _write_sheets(cfg, out, "contact_sheet", shown, ("SOURCE", methods["original"]["probes"]),
+                         methods[f"kssgan@{k}"]["clusters"])
+
+
+def _write_sheets(cfg: EvaluateConfig, out: Path, stem: str, shown: list[tuple[str, str, np.ndarray, dict, float]],
+                  original: tuple[str, np.ndarray], clusters: np.ndarray) -> tuple[list[str], list[dict[str, Any]]]:
+    """`stem`.png with a row per (label, method, images, worst attacker, 1/k): a row whose worst attacker
+    re-identifies above 1/k + SHEET_MARGIN is withheld (grey, listed). Every row, below the originals,
+    only in `stem`_SENSITIVE_originals.png (include_originals)."""
     rows, safe_rows, withheld = [], [], []
-    for label, method in shown:
-        images = methods[method]["probes"]
+    for label, method, images, worst, bound in shown:
         rows.append((label, images))
-        rank1 = summary["methods"][method]["worst"]["rank1"]
-        if rank1 > 1 / (methods[method]["k"] or min(cfg.ks)) + SHEET_MARGIN:
-            withheld.append({"method": method, "rank1": rank1,
-                             "attacker": summary["methods"][method]["worst"]["attacker"]})
+        if worst["rank1"] > bound + SHEET_MARGIN:
+            withheld.append({"method": method, "rank1": worst["rank1"], "attacker": worst["attacker"]})
             safe_rows.append((f"{label}: WITHHELD", np.full_like(images, 128)))
         else:
             safe_rows.append((label, images))
-    clusters = methods[f"kssgan@{k}"]["clusters"]
-    _contact_sheet(out / "contact_sheet.png", safe_rows, clusters)
-    sheets = [str(out / "contact_sheet.png")]
+    _contact_sheet(out / f"{stem}.png", safe_rows, clusters)
+    written = [str(out / f"{stem}.png")]
     if cfg.include_originals:
-        _contact_sheet(out / "contact_sheet_SENSITIVE_originals.png",
-                       [("SOURCE", methods["original"]["probes"]), *rows], clusters)
-        sheets.append(str(out / "contact_sheet_SENSITIVE_originals.png"))
-    return sheets, withheld
+        _contact_sheet(out / f"{stem}_SENSITIVE_originals.png", [original, *rows], clusters)
+        written.append(str(out / f"{stem}_SENSITIVE_originals.png"))
+    return written, withheld
 
 
 def headline(report: dict[str, Any]) -> list[dict[str, Any]]:

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import h5py
 import numpy as np
 import torch
 from PIL import Image
@@ -42,7 +41,7 @@ from data_prep.align import Detection, FaceDetector
 from data_prep.decode import SkipImage, decode_image
 from data_prep.sources import list_source
 from kssgan_hpc.config.release import PhotoConfig
-from kssgan_hpc.data.shards import SOURCES_NAME, load_manifest, open_shard, sha256_file, split_shards
+from kssgan_hpc.data.shards import SOURCES_NAME, load_manifest, open_shard, sha256_file, shard_name, split_shards
 from kssgan_hpc.distributed import all_reduce
 from kssgan_hpc.errors import InputError
 from kssgan_hpc.files import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -240,10 +239,18 @@ def encode_photo(image: np.ndarray, source_format: str | None, grey: bool) -> tu
     return buffer.getvalue(), ext
 
 
-def photo_kind(data: bytes) -> tuple[str | None, bool]:
-    """(PIL format, grey?) of a photo's header (decode_image has already accepted it)."""
-    with Image.open(io.BytesIO(data)) as image:
-        return image.format, image.mode in GREY_MODES
+def read_photo(path: Path, sha256: str | None, max_pixels: int) -> tuple[np.ndarray, str | None, bool]:
+    """A source photo as prep decoded it (orientation applied, RGB), its PIL format and whether it is
+    grey; SkipImage when it cannot be read or is not the file prep hashed."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise SkipImage(f"unreadable: {err.strerror or err}") from None
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise SkipImage("changed since prep (sha256 differs)")
+    rgb, _ = decode_image(data, min_size=1, max_pixels=max_pixels)
+    with Image.open(io.BytesIO(data)) as image:  # the header only: decode_image accepted it
+        return rgb, image.format, image.mode in GREY_MODES
 
 
 # ----------------------------------------------------------------------------- the pass
@@ -342,11 +349,11 @@ class PhotoWriter:
         handle, current = None, None
         try:
             for (split, index), face in wanted:
-                shard = self.release / f"{split}-{index // self.images_per_shard:05d}.h5"
+                shard = self.release / shard_name(split, index // self.images_per_shard)
                 if shard != current:
                     if handle is not None:
                         handle.close()
-                    handle, current = h5py.File(shard, "r"), shard
+                    handle, current = open_shard(shard), shard
                 face.image = handle["images"][index % self.images_per_shard]
         finally:
             if handle is not None:
@@ -354,15 +361,7 @@ class PhotoWriter:
 
     # -- one photo
     def _read(self, photo: Photo) -> tuple[np.ndarray, str | None, bool]:
-        path = self.root / photo.path
-        try:
-            data = path.read_bytes()
-        except OSError as err:
-            raise SkipImage(f"unreadable: {err.strerror or err}") from None
-        if photo.sha256 and hashlib.sha256(data).hexdigest() != photo.sha256:
-            raise SkipImage("changed since prep (sha256 differs)")
-        rgb, _ = decode_image(data, min_size=1, max_pixels=self.max_pixels)
-        return rgb, *photo_kind(data)
+        return read_photo(self.root / photo.path, photo.sha256, self.max_pixels)
 
     def process(self, split: str, photo: Photo, number: int, folder: Path) -> PhotoResult:
         result = PhotoResult(split=split, source=photo.source, path=photo.path, status="withheld",
